@@ -1,0 +1,1 @@
+"""Generation of "like this but different" variants."""

@@ -1,0 +1,55 @@
+"""Catalog -> embeddings -> vector store."""
+
+from .catalog import Catalog, CatalogError, CatalogItem, read_catalog
+from .encoders import Device, Encoder, EncoderError, make_encoder, resolve_device
+from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
+from .manifest import IndexManifest, build_models
+from .pipeline import IndexOptions, IndexReport, Models, index_catalog
+from .settings import Settings
+from .store import (
+    Condition,
+    Filter,
+    Record,
+    SchemaMismatch,
+    ScoredPoint,
+    StoreError,
+    StoreSchema,
+    VectorStore,
+    open_store,
+)
+from .tags import Tagger, TagVocab, TagVocabError
+
+__all__ = [
+    "Catalog",
+    "CatalogError",
+    "CatalogItem",
+    "Condition",
+    "Device",
+    "Encoder",
+    "EncoderError",
+    "Filter",
+    "ImageError",
+    "ImagePolicy",
+    "IndexManifest",
+    "IndexOptions",
+    "IndexReport",
+    "Models",
+    "Record",
+    "SchemaMismatch",
+    "ScoredPoint",
+    "Settings",
+    "StoreError",
+    "StoreSchema",
+    "TagVocab",
+    "TagVocabError",
+    "Tagger",
+    "VectorStore",
+    "build_models",
+    "decode_image",
+    "fetch_bytes",
+    "index_catalog",
+    "make_encoder",
+    "open_store",
+    "read_catalog",
+    "resolve_device",
+]

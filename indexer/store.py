@@ -1,0 +1,148 @@
+"""VectorStore protocol, its value types and the spec-string factory.
+
+One collection holds every product: named vectors (``image``, ``text``,
+``semantic``), the payload, and two bookkeeping payload keys, ``_id`` (the
+catalog id) and ``_hash`` (the content hash that makes re-runs incremental).
+Qdrant wants UUID or integer point ids, so catalog ids are mapped to UUIDv5;
+the catalog id is what every caller sees.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+ID_KEY = "_id"
+HASH_KEY = "_hash"
+RESERVED_KEYS = frozenset({ID_KEY, HASH_KEY})
+_NAMESPACE = uuid.UUID("6f1c6c1e-3b0a-5d4e-9a57-1f0f6c0b8a11")
+
+FieldKind = Literal["keyword", "float", "integer", "bool"]
+
+
+class StoreError(RuntimeError):
+    """A store cannot be opened or used as asked."""
+
+
+class SchemaMismatch(StoreError):
+    """The store was built with other models or vector sizes than requested."""
+
+
+def point_id(item_id: str) -> str:
+    """Stable Qdrant point id for a catalog id."""
+    return str(uuid.uuid5(_NAMESPACE, item_id))
+
+
+@dataclass(frozen=True)
+class StoreSchema:
+    """What the collection was built with: vector name -> size, vector name -> model id."""
+
+    vectors: dict[str, int]
+    models: dict[str, str]
+
+    def describe_difference(self, other: StoreSchema) -> str:
+        lines = []
+        for name in sorted(set(self.vectors) | set(other.vectors)):
+            a = (self.models.get(name), self.vectors.get(name))
+            b = (other.models.get(name), other.vectors.get(name))
+            if a != b:
+                lines.append(f"{name}: stored {a[0]} ({a[1]}-d), requested {b[0]} ({b[1]}-d)")
+        return "; ".join(lines)
+
+
+@dataclass
+class Record:
+    id: str
+    payload: dict[str, Any]
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ScoredPoint:
+    id: str
+    score: float
+    payload: dict[str, Any]
+    vectors: dict[str, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One payload condition. ``eq``: value; ``in``: list of values; ``range``: gt/gte/lt/lte dict."""
+
+    key: str
+    op: Literal["eq", "in", "range"]
+    value: Any
+
+
+@dataclass(frozen=True)
+class Filter:
+    must: tuple[Condition, ...] = ()
+    must_not: tuple[Condition, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.must or self.must_not)
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Storage of products: named dense vectors (cosine) plus payload."""
+
+    def schema(self) -> StoreSchema | None:
+        """The schema recorded at creation, or None for an empty, new store."""
+
+    def ensure_schema(self, schema: StoreSchema) -> None:
+        """Create the collection with ``schema``, or check that it matches; raise SchemaMismatch."""
+
+    def upsert(self, records: Sequence[Record]) -> None: ...
+
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        """Records for the ids that exist, in the order asked; missing ids are skipped."""
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def count(self, flt: Filter | None = None) -> int: ...
+
+    def search(
+        self,
+        vector_name: str,
+        vector: np.ndarray,
+        limit: int,
+        flt: Filter | None = None,
+        offset: int = 0,
+        with_vectors: bool = False,
+    ) -> list[ScoredPoint]:
+        """Nearest points by cosine similarity on one named vector, filtered in the store."""
+
+    def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
+        """Every record without vectors; ``keys`` limits the payload returned."""
+
+    def ensure_payload_index(self, key: str, kind: FieldKind) -> None: ...
+
+    def payload_indexes(self) -> dict[str, FieldKind]: ...
+
+    def optimize(self) -> None:
+        """Build the HNSW index after a bulk load."""
+
+    def close(self) -> None: ...
+
+
+def open_store(spec: str, api_key: str | None = None) -> VectorStore:
+    """Open a store from its spec: ``edge:PATH`` (embedded) or ``qdrant:URL`` (server or cluster)."""
+    kind, _, target = spec.partition(":")
+    match kind:
+        case "edge":
+            from .store_edge import EdgeStore
+
+            return EdgeStore(target)
+        case "qdrant":
+            from .store_qdrant import QdrantStore
+
+            return QdrantStore(target, api_key=api_key)
+        case _:
+            raise StoreError(
+                f"unknown store spec {spec!r}: use 'edge:PATH' (embedded) or 'qdrant:http://HOST:6333'"
+            )

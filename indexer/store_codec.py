@@ -1,0 +1,234 @@
+"""Translation between lookalike's store types and Qdrant's point model.
+
+Both adapters speak Qdrant (the embedded engine and the server), so what a record,
+a filter and the recorded schema look like on the Qdrant side is decided once, here.
+The two Python bindings have different model classes but the same shapes, so the
+filter builder takes the classes of one binding as a :class:`FilterModels`.
+
+Payload contract: the payload is returned as stored, including ``_id`` (the catalog id)
+and ``_hash``; code that shows a payload to a person drops :data:`RESERVED_KEYS`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, get_args
+
+import numpy as np
+
+from .store import (
+    ID_KEY,
+    FieldKind,
+    Filter,
+    Record,
+    SchemaMismatch,
+    ScoredPoint,
+    StoreError,
+    StoreSchema,
+    point_id,
+)
+
+FIELD_KINDS: tuple[str, ...] = get_args(FieldKind)
+_RANGE_KEYS = frozenset({"gt", "gte", "lt", "lte"})
+META_FORMAT = 1
+
+
+# -- schema -------------------------------------------------------------------------------------
+
+
+def meta_to_json(schema: StoreSchema, payload_indexes: dict[str, FieldKind]) -> dict[str, Any]:
+    return {
+        "format": META_FORMAT,
+        "vectors": dict(schema.vectors),
+        "models": dict(schema.models),
+        "payload_indexes": dict(payload_indexes),
+    }
+
+
+def meta_from_json(data: Any, where: str) -> tuple[StoreSchema, dict[str, FieldKind]]:
+    """Read what :func:`meta_to_json` wrote; ``where`` names the file or collection in errors."""
+    try:
+        vectors = {str(k): int(v) for k, v in data["vectors"].items()}
+        models = {str(k): str(v) for k, v in data["models"].items()}
+        indexes = {str(k): v for k, v in data.get("payload_indexes", {}).items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise StoreError(f"{where}: unreadable lookalike store metadata ({e!r})") from e
+    bad = {k: v for k, v in indexes.items() if v not in FIELD_KINDS}
+    if bad:
+        raise StoreError(f"{where}: unknown payload index kinds {bad}; expected one of {FIELD_KINDS}")
+    return StoreSchema(vectors=vectors, models=models), indexes
+
+
+def check_schema(stored: StoreSchema, requested: StoreSchema, where: str, fix: str) -> None:
+    """Raise :class:`SchemaMismatch` unless ``requested`` is what the store was built with."""
+    if stored == requested:
+        return
+    raise SchemaMismatch(
+        f"{where} was built with other models or vector sizes: "
+        f"{stored.describe_difference(requested)}. Vectors from different models cannot be mixed; {fix}"
+    )
+
+
+def check_field_kind(key: str, kind: str) -> None:
+    if kind not in FIELD_KINDS:
+        raise StoreError(f"payload index on {key!r}: unknown kind {kind!r}; expected one of {FIELD_KINDS}")
+
+
+# -- points -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PointData:
+    """One record in Qdrant's terms, before it is wrapped in a binding's point class."""
+
+    id: str
+    vectors: dict[str, list[float]]
+    payload: dict[str, Any]
+
+
+def _plain(value: Any) -> Any:
+    # numpy scalars reach payloads from pandas/pyarrow readers; neither binding serialises them
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def to_points(records: Sequence[Record], schema: StoreSchema) -> list[PointData]:
+    """Check every record against the schema and convert it; errors name the catalog id."""
+    points = []
+    for rec in records:
+        if not isinstance(rec.id, str) or not rec.id:
+            raise StoreError(f"record id must be a non-empty string, got {rec.id!r}")
+        if not rec.vectors:
+            raise StoreError(f"item {rec.id!r}: no vectors to store")
+        vectors = {}
+        for name, vec in rec.vectors.items():
+            vectors[name] = _vector(schema, name, vec, f"item {rec.id!r}")
+        payload = {k: _plain(v) for k, v in rec.payload.items()}
+        payload[ID_KEY] = rec.id
+        points.append(PointData(id=point_id(rec.id), vectors=vectors, payload=payload))
+    return points
+
+
+def query_vector(schema: StoreSchema | None, name: str, vector: Any) -> list[float]:
+    if schema is None:
+        raise StoreError("the store is empty: index a catalog before searching it")
+    return _vector(schema, name, vector, "query")
+
+
+def _vector(schema: StoreSchema, name: str, vec: Any, what: str) -> list[float]:
+    if name not in schema.vectors:
+        raise StoreError(f"{what}: unknown vector {name!r}; the store has {sorted(schema.vectors)}")
+    arr = np.asarray(vec, dtype=np.float32)
+    if arr.ndim != 1 or arr.shape[0] != schema.vectors[name]:
+        raise StoreError(
+            f"{what}: vector {name!r} has shape {arr.shape}, the store expects ({schema.vectors[name]},)"
+        )
+    if not np.isfinite(arr).all():
+        raise StoreError(f"{what}: vector {name!r} holds NaN or infinity")
+    return arr.tolist()
+
+
+def _vectors_out(raw: Any) -> dict[str, np.ndarray]:
+    if not raw:
+        return {}
+    return {name: np.asarray(v, dtype=np.float32) for name, v in raw.items()}
+
+
+def to_record(payload: dict[str, Any] | None, vectors: Any = None) -> Record:
+    payload = dict(payload or {})
+    return Record(id=str(payload.get(ID_KEY, "")), payload=payload, vectors=_vectors_out(vectors))
+
+
+def to_scored(score: float, payload: dict[str, Any] | None, vectors: Any = None) -> ScoredPoint:
+    payload = dict(payload or {})
+    return ScoredPoint(
+        id=str(payload.get(ID_KEY, "")),
+        score=float(score),
+        payload=payload,
+        vectors=_vectors_out(vectors) if vectors else None,
+    )
+
+
+def in_order(ids: Sequence[str], records: Iterable[Record]) -> list[Record]:
+    """Records in the order of ``ids``; ids with no record are skipped."""
+    by_id = {r.id: r for r in records}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def payload_keys(keys: Iterable[str] | None) -> list[str] | None:
+    """Payload keys to fetch when scrolling: ``keys`` plus the catalog id, or None for all."""
+    if keys is None:
+        return None
+    return sorted({*keys, ID_KEY})
+
+
+# -- filters ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilterModels:
+    """The filter classes of one Qdrant binding (both take these keyword arguments)."""
+
+    Filter: Any
+    FieldCondition: Any
+    MatchValue: Any
+    MatchAny: Any
+    Range: Any
+    supports_bool_match: bool = True
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _number_eq(m: FilterModels, key: str, value: Any) -> Any:
+    # a range, not MatchValue, so that 3 matches 3.0: catalog numbers may be stored either way
+    if not math.isfinite(float(value)):
+        raise StoreError(f"filter on {key!r}: {value!r} is not a finite number")
+    return m.FieldCondition(key=key, range=m.Range(gte=float(value), lte=float(value)))
+
+
+def _condition(m: FilterModels, cond: Any) -> Any:
+    key, op, value = cond.key, cond.op, _plain(cond.value)
+    if op == "eq":
+        if isinstance(value, bool) and not m.supports_bool_match:
+            raise StoreError(
+                f"filter on {key!r}: equality on true/false is not supported by the embedded store "
+                "(qdrant-edge-py reads True as 1); store the field as a keyword such as 'yes'/'no'"
+            )
+        if _is_number(value):
+            return _number_eq(m, key, value)
+        if isinstance(value, str | bool):
+            return m.FieldCondition(key=key, match=m.MatchValue(value=value))
+        raise StoreError(f"filter on {key!r}: 'eq' needs a string, number or bool, got {value!r}")
+    if op == "in":
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            raise StoreError(f"filter on {key!r}: 'in' needs a list of values, got {value!r}")
+        values = [_plain(v) for v in value]
+        if all(isinstance(v, str) for v in values):
+            return m.FieldCondition(key=key, match=m.MatchAny(any=values))
+        if all(_is_number(v) for v in values):
+            return m.Filter(should=[_number_eq(m, key, v) for v in values])
+        raise StoreError(f"filter on {key!r}: 'in' needs all strings or all numbers, got {values!r}")
+    if op == "range":
+        if not isinstance(value, dict) or not value or not set(value) <= _RANGE_KEYS:
+            raise StoreError(
+                f"filter on {key!r}: 'range' needs a dict with some of {sorted(_RANGE_KEYS)}, got {value!r}"
+            )
+        bad = {k: v for k, v in value.items() if not _is_number(_plain(v))}
+        if bad:
+            raise StoreError(f"filter on {key!r}: range bounds must be numbers, got {bad}")
+        return m.FieldCondition(key=key, range=m.Range(**{k: float(v) for k, v in value.items()}))
+    raise StoreError(f"filter on {key!r}: unknown operator {op!r}; use 'eq', 'in' or 'range'")
+
+
+def to_filter(flt: Filter | None, m: FilterModels) -> Any:
+    """A lookalike :class:`Filter` as the binding's filter, or None when it has no conditions."""
+    if not flt:
+        return None
+    return m.Filter(
+        must=[_condition(m, c) for c in flt.must] or None,
+        must_not=[_condition(m, c) for c in flt.must_not] or None,
+    )

@@ -1,0 +1,367 @@
+"""``qdrant:URL``: a Qdrant server or cluster, through qdrant-client.
+
+Choose it when the index must be shared: several API replicas or indexers reading and
+writing at once, a catalog larger than one machine, or replicas for availability. On a
+cluster the collection is created with replication factor 2 and two shards per peer, so
+it spreads over every node and survives losing one. For one process on one machine the
+embedded ``edge:`` store is simpler and faster (no network hop per query).
+
+The same adapter runs against ``QdrantClient(":memory:")`` (see :meth:`QdrantStore.from_client`),
+qdrant-client's in-process stand-in for a server, which the contract tests use.
+
+The schema (models, vector sizes, payload indexes) lives in the collection's metadata
+under the ``lookalike`` key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from . import store_codec as codec
+from .store import FieldKind, Filter, Record, ScoredPoint, StoreError, StoreSchema, point_id
+
+log = logging.getLogger(__name__)
+
+META_KEY = "lookalike"
+REPLICATION_FACTOR = 2
+SHARDS_PER_PEER = 2
+
+_MODELS = codec.FilterModels(
+    Filter=qm.Filter,
+    FieldCondition=qm.FieldCondition,
+    MatchValue=qm.MatchValue,
+    MatchAny=qm.MatchAny,
+    Range=qm.Range,
+)
+_INDEX_TYPES: dict[str, qm.PayloadSchemaType] = {
+    "keyword": qm.PayloadSchemaType.KEYWORD,
+    "integer": qm.PayloadSchemaType.INTEGER,
+    "float": qm.PayloadSchemaType.FLOAT,
+    "bool": qm.PayloadSchemaType.BOOL,
+}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class QdrantOptions:
+    """How the adapter talks to the server."""
+
+    batch_size: int = 256
+    parallel: int = 4
+    attempts: int = 5
+    backoff_s: float = 0.5
+    backoff_max_s: float = 10.0
+    timeout_s: int = 60
+    optimize_wait_s: float = 600.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed request is worth repeating: network trouble, overload or a 5xx."""
+    if isinstance(exc, ResponseHandlingException | ResourceExhaustedResponse | httpx.TransportError):
+        return True
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code is None or exc.status_code == 429 or exc.status_code >= 500
+    return False
+
+
+class QdrantStore:
+    """VectorStore on one collection of a Qdrant server, cluster or in-process client."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        collection: str = "lookalike",
+        options: QdrantOptions | None = None,
+    ) -> None:
+        options = options or QdrantOptions()
+        # no version probe at construction: opening a store must not touch the network
+        client = QdrantClient(url=url, api_key=api_key, timeout=options.timeout_s, check_compatibility=False)
+        self._setup(client, collection, options, where=url)
+
+    @classmethod
+    def from_client(
+        cls, client: QdrantClient, collection: str = "lookalike", options: QdrantOptions | None = None
+    ) -> QdrantStore:
+        """Wrap an existing client, e.g. ``QdrantClient(":memory:")``."""
+        store = cls.__new__(cls)
+        store._setup(client, collection, options or QdrantOptions(), where="client")
+        return store
+
+    def _setup(self, client: QdrantClient, collection: str, options: QdrantOptions, where: str) -> None:
+        self._client = client
+        self.collection = collection
+        self.options = options
+        self._where = f"collection {collection!r} at {where}"
+        self._schema: StoreSchema | None = None
+        self._indexes: dict[str, FieldKind] = {}
+        self._local: bool | None = None
+        self._retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(options.attempts),
+            wait=wait_exponential(multiplier=options.backoff_s, max=options.backoff_max_s),
+            before_sleep=lambda rs: log.warning(
+                "%s: attempt %d failed (%s), retrying", self._where, rs.attempt_number, rs.outcome.exception()
+            ),
+            reraise=True,
+        )
+
+    def __repr__(self) -> str:
+        return f"QdrantStore({self._where})"
+
+    def __enter__(self) -> QdrantStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def schema(self) -> StoreSchema | None:
+        if self._schema is None:
+            self._load_meta()
+        return self._schema
+
+    def ensure_schema(self, schema: StoreSchema) -> None:
+        if self.schema() is not None:
+            assert self._schema is not None
+            codec.check_schema(
+                self._schema,
+                schema,
+                where=self._where,
+                fix="index into another collection, or delete this one and re-index.",
+            )
+            return
+        self._call(
+            self._client.create_collection,
+            self.collection,
+            vectors_config={
+                name: qm.VectorParams(size=size, distance=qm.Distance.COSINE)
+                for name, size in schema.vectors.items()
+            },
+            metadata={META_KEY: codec.meta_to_json(schema, {})},
+            **self._layout(),
+        )
+        self._schema, self._indexes = schema, {}
+        log.info("created %s with vectors %s", self._where, schema.vectors)
+
+    def _layout(self) -> dict[str, int]:
+        """Shards and replicas for a new collection; nothing in the in-process client."""
+        if self._is_local():
+            return {}
+        status = self._call(self._client.cluster_status)
+        peers = len(status.peers) if getattr(status, "status", "disabled") == "enabled" else 1
+        # a replica on the same peer protects nothing, so one node gets factor 1
+        return {"shard_number": SHARDS_PER_PEER * peers, "replication_factor": min(REPLICATION_FACTOR, peers)}
+
+    def _is_local(self) -> bool:
+        if self._local is None:
+            try:
+                self._client.cluster_status()
+                self._local = False
+            except NotImplementedError:
+                self._local = True
+            except Exception:
+                # a real server that failed to answer; the retried call that follows reports it
+                self._local = False
+        return self._local
+
+    def ensure_payload_index(self, key: str, kind: FieldKind) -> None:
+        codec.check_field_kind(key, kind)
+        schema = self._require_schema()
+        if self._indexes.get(key) == kind:
+            return
+        # the in-process client keeps no payload indexes and warns on each; the kind is still recorded
+        if not self._is_local():
+            self._call(
+                self._client.create_payload_index,
+                self.collection,
+                field_name=key,
+                field_schema=_INDEX_TYPES[kind],
+                wait=True,
+            )
+        indexes = {**self._indexes, key: kind}
+        self._call(
+            self._client.update_collection,
+            self.collection,
+            metadata={META_KEY: codec.meta_to_json(schema, indexes)},
+        )
+        self._indexes = indexes
+
+    def payload_indexes(self) -> dict[str, FieldKind]:
+        self.schema()
+        return dict(self._indexes)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        points = [
+            qm.PointStruct(id=p.id, vector=p.vectors, payload=p.payload)
+            for p in codec.to_points(records, self._require_schema())
+        ]
+        size = self.options.batch_size
+        batches = [points[i : i + size] for i in range(0, len(points), size)]
+
+        def send(batch: list[qm.PointStruct]) -> None:
+            # wait=True: once upsert returns, reads see the points, and a killed indexer resumes
+            # from what the server has really applied
+            self._call(self._client.upsert, self.collection, points=batch, wait=True)
+
+        # Threads over one shared HTTP client rather than upload_points(parallel=N): that starts a
+        # process pool on every call (the indexer calls once per encoder batch), retries without
+        # backoff, and reports a failed worker as a bare RuntimeError.
+        workers = 1 if self._is_local() else min(self.options.parallel, len(batches))
+        if workers <= 1:
+            for batch in batches:
+                send(batch)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qdrant-upsert") as pool:
+            for _ in pool.map(send, batches):
+                pass
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        self._call(
+            self._client.delete,
+            self.collection,
+            points_selector=qm.PointIdsList(points=[point_id(i) for i in ids]),
+            wait=True,
+        )
+
+    def optimize(self) -> None:
+        """A server builds HNSW by itself; wait (bounded) until the collection's optimizers are done."""
+        self._require_schema()
+        if self._is_local():
+            return
+        deadline = time.monotonic() + self.options.optimize_wait_s
+        while True:
+            info = self._call(self._client.get_collection, self.collection)
+            if info.status == qm.CollectionStatus.GREEN:
+                log.info("%s optimized: %s vectors indexed", self._where, info.indexed_vectors_count)
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "%s still optimizing after %.0f s; searches work meanwhile",
+                    self._where,
+                    self.options.optimize_wait_s,
+                )
+                return
+            time.sleep(1.0)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def count(self, flt: Filter | None = None) -> int:
+        if self.schema() is None:
+            return 0
+        result = self._call(
+            self._client.count, self.collection, count_filter=codec.to_filter(flt, _MODELS), exact=True
+        )
+        return result.count
+
+    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        if not ids or self.schema() is None:
+            return []
+        found = self._call(
+            self._client.retrieve,
+            self.collection,
+            ids=list(dict.fromkeys(point_id(i) for i in ids)),
+            with_payload=True,
+            with_vectors=with_vectors,
+        )
+        return codec.in_order(ids, (codec.to_record(r.payload, r.vector) for r in found))
+
+    def search(
+        self,
+        vector_name: str,
+        vector: np.ndarray,
+        limit: int,
+        flt: Filter | None = None,
+        offset: int = 0,
+        with_vectors: bool = False,
+    ) -> list[ScoredPoint]:
+        query = codec.query_vector(self.schema(), vector_name, vector)
+        result = self._call(
+            self._client.query_points,
+            self.collection,
+            query=query,
+            using=vector_name,
+            query_filter=codec.to_filter(flt, _MODELS),
+            limit=limit,
+            offset=offset,
+            with_payload=True,
+            with_vectors=with_vectors,
+        )
+        return [
+            codec.to_scored(p.score, p.payload, p.vector if with_vectors else None) for p in result.points
+        ]
+
+    def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
+        if self.schema() is None:
+            return
+        selected = codec.payload_keys(keys)
+        offset = None
+        while True:
+            page, offset = self._call(
+                self._client.scroll,
+                self.collection,
+                limit=batch,
+                offset=offset,
+                with_payload=True if selected is None else selected,
+                with_vectors=False,
+            )
+            for r in page:
+                yield codec.to_record(r.payload)
+            if offset is None:
+                return
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one client call, repeating transient failures; every failure becomes a StoreError."""
+        try:
+            # a copy per call: upserts run in threads, and a Retrying object keeps per-call state
+            return self._retrying.copy()(fn, *args, **kwargs)
+        except StoreError:
+            raise
+        except Exception as e:
+            hint = f" (gave up after {self.options.attempts} attempts)" if is_transient(e) else ""
+            detail = e.source if isinstance(e, ResponseHandlingException) else e
+            raise StoreError(f"{self._where}: {detail}{hint}") from e
+
+    def _load_meta(self) -> None:
+        if not self._call(self._client.collection_exists, self.collection):
+            return
+        info = self._call(self._client.get_collection, self.collection)
+        meta = (info.config.metadata or {}).get(META_KEY)
+        if meta is None:
+            raise StoreError(
+                f"{self._where} exists but records no lookalike schema: it was made by another tool, "
+                "or the server is too old to keep collection metadata. Use another collection."
+            )
+        self._schema, self._indexes = codec.meta_from_json(meta, self._where)
+
+    def _require_schema(self) -> StoreSchema:
+        schema = self.schema()
+        if schema is None:
+            raise StoreError(f"{self._where} does not exist yet: call ensure_schema first")
+        return schema

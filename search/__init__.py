@@ -1,0 +1,1 @@
+"""Search: queries, fusion, calibration, re-ranking, REST API and evaluation."""

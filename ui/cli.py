@@ -1,0 +1,203 @@
+"""The ``lookalike`` command line. Results go to stdout; progress, logs and errors to stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from indexer import (
+    CatalogError,
+    EncoderError,
+    ImagePolicy,
+    IndexManifest,
+    IndexOptions,
+    Settings,
+    StoreError,
+    TagVocab,
+    TagVocabError,
+    build_models,
+    index_catalog,
+    open_store,
+    read_catalog,
+    resolve_device,
+)
+
+app = typer.Typer(
+    name="lookalike",
+    help="Multimodal catalog search: index product images and text, then search them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("lookalike")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Index folder [env LOOKALIKE_DATA_DIR].")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+# Errors a user can fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (CatalogError, EncoderError, StoreError, TagVocabError, FileNotFoundError)
+
+
+class UserError(Exception):
+    """A problem with the command's input, reported in one line without a traceback."""
+
+
+@contextmanager
+def user_errors():
+    try:
+        yield
+    except (UserError, *USER_ERRORS) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def settings_with(**overrides: Any) -> Settings:
+    """Settings from the environment, with the CLI's explicit options on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def resolve_models(settings: Settings, manifest: IndexManifest | None) -> tuple[str, str]:
+    """An existing index keeps its models unless they are named explicitly (flag or env)."""
+    explicit = settings.model_fields_set
+    clip = settings.clip_model if manifest is None or "clip_model" in explicit else manifest.clip_model
+    text = settings.text_model if manifest is None or "text_model" in explicit else manifest.text_model
+    return clip, text
+
+
+def emit(data: Any, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+@app.command()
+def index(
+    catalog: Annotated[Path, typer.Argument(help="CSV, JSONL or Parquet catalog, or a folder of images.")],
+    data_dir: DataDir = None,
+    model: Annotated[str | None, typer.Option("--model", help="CLIP spec [env LOOKALIKE_CLIP_MODEL].")] = None,
+    text_model: Annotated[
+        str | None, typer.Option("--text-model", help="Sentence-transformers spec [env LOOKALIKE_TEXT_MODEL].")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="Decode threads.")] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Delete stored items gone from the catalog.")] = False,
+    tags: Annotated[
+        Path | None, typer.Option("--tags", help="Zero-shot tag vocabulary (YAML: label set -> labels).")
+    ] = None,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
+) -> None:
+    """Embed every product of CATALOG and store it; re-runs only embed what changed."""
+    from tqdm import tqdm
+
+    with user_errors():
+        settings = settings_with(
+            data_dir=data_dir, clip_model=model, text_model=text_model, batch_size=batch_size, workers=workers
+        )
+        manifest = IndexManifest.load(settings.data_dir)
+        clip_spec, text_spec = resolve_models(settings, manifest)
+        vocab = TagVocab.load(tags) if tags else (manifest.tag_vocab() if manifest else None)
+        items = read_catalog(catalog)
+        device = resolve_device(settings.device)
+        log.info("loading models on %s: %s, %s", device, clip_spec, text_spec)
+        models = build_models(clip_spec, text_spec, device, vocab)
+        store_spec = settings.store_spec()
+        store = open_store(store_spec, api_key=settings.qdrant_api_key)
+        options = IndexOptions(
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            prefetch_batches=settings.prefetch_batches,
+            prune=prune,
+            optimize_threshold=settings.optimize_threshold,
+        )
+        bar = tqdm(total=len(items.items), unit="img", desc="indexing", disable=quiet, dynamic_ncols=True)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        try:
+            report = index_catalog(
+                items,
+                store,
+                models,
+                options,
+                ImagePolicy.from_settings(settings),
+                settings.data_dir / "errors.jsonl",
+                progress,
+            )
+        finally:
+            bar.close()
+            store.close()
+        IndexManifest(
+            clip_model=clip_spec,
+            text_model=text_spec,
+            store=store_spec,
+            tags=IndexManifest.tags_from(vocab),
+            last_run={"catalog": str(catalog), **report.to_dict()},
+        ).save(settings.data_dir)
+        text = report.summary()
+        if report.failed:
+            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.failures.items()))
+            text += f"\n{report.failed} failed ({reasons}); details in {report.errors_path}"
+        emit(report.to_dict(), as_json, text)
+
+
+@app.command()
+def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
+    """Show what an index holds: item count, models, vectors and payload fields."""
+    with user_errors():
+        settings = settings_with(data_dir=data_dir)
+        manifest = IndexManifest.load(settings.data_dir)
+        store_spec = manifest.store if manifest else settings.store_spec()
+        store = open_store(store_spec, api_key=settings.qdrant_api_key)
+        try:
+            schema = store.schema()
+            if schema is None:
+                raise UserError(f"no index in {settings.data_dir}: run `lookalike index CATALOG` first")
+            data = {
+                "data_dir": str(settings.data_dir),
+                "store": store_spec,
+                "items": store.count(),
+                "models": {"clip": manifest.clip_model, "text": manifest.text_model} if manifest else {},
+                "vectors": {name: {"size": size, "model": schema.models.get(name)} for name, size in schema.vectors.items()},
+                "payload_indexes": store.payload_indexes(),
+                "tags": [t["name"] for t in manifest.tags] if manifest else [],
+                "last_run": manifest.last_run if manifest else {},
+            }
+        finally:
+            store.close()
+        lines = [
+            f"data dir:  {data['data_dir']}",
+            f"store:     {store_spec}",
+            f"items:     {data['items']}",
+        ]
+        if manifest:
+            lines.append(f"models:    clip {manifest.clip_model}; text {manifest.text_model}")
+        lines.append("vectors:")
+        lines += [f"  {n:<9} {v['size']:>5}-d  {v['model']}" for n, v in data["vectors"].items()]
+        lines.append("payload fields (indexed):")
+        lines += [f"  {k:<22} {kind}" for k, kind in sorted(data["payload_indexes"].items())]
+        emit(data, as_json, "\n".join(lines))
+
+
+def _configure_logging() -> None:
+    level = os.environ.get("LOOKALIKE_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Model-loading bars from transformers would drown the indexing bar.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _configure_logging()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Vision-language models: visual Q&A, catalog RAG and re-ranking."""
