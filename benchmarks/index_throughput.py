@@ -41,7 +41,9 @@ def make_jpegs(root: Path, n: int, size: int) -> Path:
         noise = rng.normal(0, 0.08, (size, size, 3))
         pixels = ((base + noise).clip(-1, 1) * 127 + 128).astype(np.uint8)
         Image.fromarray(pixels).save(root / "images" / f"{i:05d}.jpg", quality=90)
-        rows.append({"id": f"{i:05d}", "title": f"product {i}", "description": "a photo", "image": f"images/{i:05d}.jpg"})
+        rows.append(
+            {"id": f"{i:05d}", "title": f"product {i}", "description": "a photo", "image": f"images/{i:05d}.jpg"}
+        )
     path = root / "catalog.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -81,8 +83,10 @@ def main() -> None:
         store.close()
 
     naive_rate = len(paths) / naive_s
-    print(f"device: {device}  arch: {args.arch}  items: {args.items}  jpeg: {args.image_size}px  "
-          f"threads: {torch.get_num_threads()}")
+    print(
+        f"device: {device}  arch: {args.arch}  items: {args.items}  jpeg: {args.image_size}px  "
+        f"threads: {torch.get_num_threads()}"
+    )
     print(f"naive loop      : {naive_rate:8.1f} images/s  (image vectors only)")
     print(f"lookalike index : {report.images_per_s:8.1f} images/s  (image + text + semantic vectors, stored)")
     print(f"speed-up        : {report.images_per_s / naive_rate:8.2f}x")

@@ -215,9 +215,7 @@ class SentenceTransformerEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        vecs = self.model.encode(
-            list(texts), convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-        )
+        vecs = self.model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 

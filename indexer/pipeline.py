@@ -140,7 +140,7 @@ def index_catalog(
     started = time.perf_counter()
     report = IndexReport(total=len(catalog.items), errors_path=str(errors_path))
     store.ensure_schema(models.schema())
-    fields = dict(catalog.fields)
+    fields = {key: ("keyword" if kind == "bool" else kind) for key, kind in catalog.fields.items()}
     if models.tagger:
         fields.update(models.tagger.vocab.fields())
     for key, kind in fields.items():
@@ -231,7 +231,11 @@ def _prefetch(
 
 
 def _flush(
-    batch: list[_Ready], store: VectorStore, models: Models, stored: dict[str, str | None], report: IndexReport
+    batch: list[_Ready],
+    store: VectorStore,
+    models: Models,
+    stored: dict[str, str | None],
+    report: IndexReport,
 ) -> None:
     t0 = time.perf_counter()
     texts = [item_text(r.item) for r in batch]
@@ -244,7 +248,7 @@ def _flush(
         Record(
             id=r.item.id,
             payload={
-                **r.item.payload,
+                **{k: _keyword_bool(v) for k, v in r.item.payload.items()},
                 **tag,
                 "title": r.item.title,
                 "description": r.item.description,
@@ -265,6 +269,12 @@ def _flush(
         stored[r.item.id] = r.digest
 
 
+def _keyword_bool(value: Any) -> Any:
+    # True/false fields are stored as "true"/"false" keywords: the embedded engine cannot match
+    # boolean payloads (it reads True as 1), and one representation keeps both stores alike.
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
 def _error_row(failure: _Failed) -> dict[str, Any]:
     return {
         "id": failure.item.id,
@@ -274,4 +284,3 @@ def _error_row(failure: _Failed) -> dict[str, Any]:
         "error": failure.error,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-

@@ -67,9 +67,7 @@ class Calibration:
     def __post_init__(self) -> None:
         for name in ("median", "center"):
             if not math.isfinite(getattr(self, name)):
-                raise ValueError(
-                    f"calibration field {name!r} must be a finite number, got {getattr(self, name)!r}"
-                )
+                raise ValueError(f"calibration field {name!r} must be a finite number, got {getattr(self, name)!r}")
         for name in ("scale", "width"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -77,9 +75,7 @@ class Calibration:
         if len(self.quantile_levels) != len(self.quantile_values):
             raise ValueError("calibration fields 'quantile_levels' and 'quantile_values' differ in length")
         if self.method != METHOD:
-            raise ValueError(
-                f"calibration field 'method': unknown method {self.method!r}, expected {METHOD!r}"
-            )
+            raise ValueError(f"calibration field 'method': unknown method {self.method!r}, expected {METHOD!r}")
 
     def z(self, raw: ArrayLike) -> np.ndarray:
         """Robust standard deviations above the background median."""
@@ -128,9 +124,7 @@ class Calibration:
             raise ValueError(f"calibration must be a JSON object, got {type(data).__name__}")
         version = data.get("version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise ValueError(
-                f"calibration field 'version': unsupported {version!r}, expected {FORMAT_VERSION}"
-            )
+            raise ValueError(f"calibration field 'version': unsupported {version!r}, expected {FORMAT_VERSION}")
         for name in ("median", "scale"):
             if name not in data:
                 raise ValueError(f"calibration is missing the field {name!r}")
@@ -241,9 +235,7 @@ def combine(calibrated: Mapping[str, float], weights: Mapping[str, float]) -> fl
             raise ValueError(f"no weight for channel {name!r}; weights were given for {sorted(weights)}")
         w = float(weights[name])
         if not math.isfinite(w) or w < 0:
-            raise ValueError(
-                f"weight for channel {name!r} must be a finite number >= 0, got {weights[name]!r}"
-            )
+            raise ValueError(f"weight for channel {name!r} must be a finite number >= 0, got {weights[name]!r}")
         r = float(value)
         if not 0.0 <= r <= 1.0:
             raise ValueError(f"calibrated relevance for channel {name!r} must be in [0, 1], got {value!r}")

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 Channel = Sequence[tuple[str, float]]
 Channels = Mapping[str, Channel]
-FusionMethod = Literal["rrf", "dbsf", "sum"]
+FusionMethod = Literal["rrf", "dbsf", "sum", "calibrated"]
 
 DEFAULT_RRF_K = 60
 
@@ -92,9 +92,7 @@ def _active_channels(channels: Channels, weights: Mapping[str, float]) -> dict[s
         for position, (item_id, raw) in enumerate(channels[name], start=1):
             score = float(raw)
             if not math.isfinite(score):
-                raise ValueError(
-                    f"channel {name!r} position {position}: score {raw!r} is not a finite number"
-                )
+                raise ValueError(f"channel {name!r} position {position}: score {raw!r} is not a finite number")
             if item_id in seen:
                 # A channel ranks each item once; a repeat can only rank lower, so the first one stands.
                 log.debug("channel %r: id %r repeated at position %d, ignored", name, item_id, position)
@@ -113,9 +111,7 @@ def _combine(active: dict[str, tuple[float, Channel]], values: dict[str, list[fl
             parts.setdefault(item_id, {})[name] = ChannelPart(raw=raw, rank=rank, contribution=weight * value)
     hits = []
     for item_id, seen in parts.items():
-        explained = {
-            name: seen.get(name, ChannelPart(raw=None, rank=None, contribution=0.0)) for name in active
-        }
+        explained = {name: seen.get(name, ChannelPart(raw=None, rank=None, contribution=0.0)) for name in active}
         # fsum is exact, hence independent of summation order: equal inputs give bit-equal scores.
         score = math.fsum(part["contribution"] for part in explained.values())
         hits.append(FusedHit(id=item_id, score=score, channels=explained))
@@ -123,17 +119,13 @@ def _combine(active: dict[str, tuple[float, Channel]], values: dict[str, list[fl
     return hits
 
 
-def weighted_rrf(
-    channels: Channels, weights: Mapping[str, float], k: float = DEFAULT_RRF_K
-) -> list[FusedHit]:
+def weighted_rrf(channels: Channels, weights: Mapping[str, float], k: float = DEFAULT_RRF_K) -> list[FusedHit]:
     """Weighted reciprocal rank fusion: ``score = sum_c w_c / (k + rank_c)``."""
     k = float(k)
     if not math.isfinite(k) or k < 0:
         raise ValueError(f"RRF k must be a finite number >= 0, got {k!r}")
     active = _active_channels(channels, weights)
-    values = {
-        name: [1.0 / (k + rank) for rank in range(1, len(rows) + 1)] for name, (_, rows) in active.items()
-    }
+    values = {name: [1.0 / (k + rank) for rank in range(1, len(rows) + 1)] for name, (_, rows) in active.items()}
     return _combine(active, values)
 
 
@@ -160,8 +152,7 @@ def _normalised_fusion(
 ) -> list[FusedHit]:
     active = _active_channels(channels, weights)
     values = {
-        name: norm(np.array([raw for _, raw in rows], dtype=np.float64)).tolist()
-        for name, (_, rows) in active.items()
+        name: norm(np.array([raw for _, raw in rows], dtype=np.float64)).tolist() for name, (_, rows) in active.items()
     }
     return _combine(active, values)
 
@@ -176,12 +167,26 @@ def weighted_sum(channels: Channels, weights: Mapping[str, float]) -> list[Fused
     return _normalised_fusion(channels, weights, _min_max_norm)
 
 
-FUSIONS: dict[str, Callable[..., list[FusedHit]]] = {"rrf": weighted_rrf, "dbsf": dbsf, "sum": weighted_sum}
+def calibrated_mean(channels: Channels, weights: Mapping[str, float]) -> list[FusedHit]:
+    """Weighted mean of scores already calibrated to 0-1 relevance (the fused score stays a relevance).
+
+    Channels must score the same candidates (exact cosines, not top-k lists); a missing item counts 0.
+    """
+    active = _active_channels(channels, weights)
+    total = math.fsum(weight for weight, _ in active.values())
+    values = {name: [raw / total for _, raw in rows] for name, (_, rows) in active.items()}
+    return _combine(active, values)
 
 
-def fuse(
-    method: FusionMethod, channels: Channels, weights: Mapping[str, float], **params: float
-) -> list[FusedHit]:
+FUSIONS: dict[str, Callable[..., list[FusedHit]]] = {
+    "rrf": weighted_rrf,
+    "dbsf": dbsf,
+    "sum": weighted_sum,
+    "calibrated": calibrated_mean,
+}
+
+
+def fuse(method: FusionMethod, channels: Channels, weights: Mapping[str, float], **params: float) -> list[FusedHit]:
     """Fuse with the named method; ``params`` are that method's options (``k`` for ``rrf``)."""
     try:
         fusion = FUSIONS[method]

@@ -59,9 +59,7 @@ def reciprocal_rank(ranked: Sequence[str], relevant: Collection[str], k: int | N
     return 0.0
 
 
-def query_metrics(
-    ranked: Sequence[str], relevant: Collection[str], ks: Iterable[int] = (10,)
-) -> dict[str, float]:
+def query_metrics(ranked: Sequence[str], relevant: Collection[str], ks: Iterable[int] = (10,)) -> dict[str, float]:
     """Every metric for one query: ``p@k``, ``r@k``, ``ndcg@k`` for each k; ``mrr`` over the whole list."""
     relevant = set(relevant)
     out: dict[str, float] = {}

@@ -323,3 +323,16 @@ def test_mmr_dedup_properties(n, d, threshold, seed):
     for dropped, kept_index in result.duplicate_of.items():
         assert kept_index < dropped and kept_index in result.kept
         assert v[dropped] @ v[kept_index] > threshold - 1e-9
+
+
+def test_calibrated_mean_is_a_weighted_mean_of_relevances():
+    from search.fusion import calibrated_mean
+
+    channels = {"image": [("a", 0.9), ("b", 0.2)], "text": [("b", 0.8), ("a", 0.5)]}
+    hits = calibrated_mean(channels, {"image": 0.6, "text": 0.4})
+    scores = {h.id: h.score for h in hits}
+    assert scores["a"] == pytest.approx(0.6 * 0.9 + 0.4 * 0.5)
+    assert scores["b"] == pytest.approx(0.6 * 0.2 + 0.4 * 0.8)
+    assert [h.id for h in hits] == ["a", "b"]
+    # Scale-free in the weights: doubling both leaves a mean.
+    assert calibrated_mean(channels, {"image": 1.2, "text": 0.8})[0].score == pytest.approx(scores["a"])

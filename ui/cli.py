@@ -82,7 +82,8 @@ def index(
     data_dir: DataDir = None,
     model: Annotated[str | None, typer.Option("--model", help="CLIP spec [env LOOKALIKE_CLIP_MODEL].")] = None,
     text_model: Annotated[
-        str | None, typer.Option("--text-model", help="Sentence-transformers spec [env LOOKALIKE_TEXT_MODEL].")
+        str | None,
+        typer.Option("--text-model", help="Sentence-transformers spec [env LOOKALIKE_TEXT_MODEL]."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="Decode threads.")] = None,
@@ -165,7 +166,9 @@ def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
                 "store": store_spec,
                 "items": store.count(),
                 "models": {"clip": manifest.clip_model, "text": manifest.text_model} if manifest else {},
-                "vectors": {name: {"size": size, "model": schema.models.get(name)} for name, size in schema.vectors.items()},
+                "vectors": {
+                    name: {"size": size, "model": schema.models.get(name)} for name, size in schema.vectors.items()
+                },
                 "payload_indexes": store.payload_indexes(),
                 "tags": [t["name"] for t in manifest.tags] if manifest else [],
                 "last_run": manifest.last_run if manifest else {},
@@ -184,6 +187,10 @@ def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
         lines.append("payload fields (indexed):")
         lines += [f"  {k:<22} {kind}" for k, kind in sorted(data["payload_indexes"].items())]
         emit(data, as_json, "\n".join(lines))
+
+
+# Command modules register themselves on ``app``; imported here so ``lookalike`` has them all.
+from . import cli_search  # noqa: E402,F401
 
 
 def _configure_logging() -> None:

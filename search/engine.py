@@ -1,0 +1,361 @@
+"""SearchEngine: encode a query, search each named vector in the store, fuse, calibrate, re-rank."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer import (
+    Condition,
+    Filter,
+    IndexManifest,
+    Models,
+    StoreError,
+    VectorStore,
+    build_models,
+    open_store,
+    resolve_device,
+)
+from indexer.store import ID_KEY
+from indexer.tags import label_embeddings
+
+from .calibration import Calibration, background_scores, combine, fit_background
+from .composed import ComposedWeights, arithmetic_query, composed_scores, find_attribute
+from .fusion import fuse, mmr_dedup, penalise
+from .query import Hit, Query, QueryError, SearchSettings
+from .rerank import ClipReranker, NoReranker, Reranker, RerankerFactory, RerankError, rerank_with_budget
+
+log = logging.getLogger(__name__)
+
+# channel -> (query modality, stored vector): a text query against image vectors is "text>image".
+CHANNELS = {
+    "text": {"image": "text>image", "text": "text>text", "semantic": "semantic>semantic"},
+    "image": {"image": "image>image", "text": "image>text"},
+}
+CALIBRATION_FILE = "calibration.json"
+
+
+class SearchEngine:
+    """Search over one index. Thread-safe for concurrent queries."""
+
+    def __init__(
+        self,
+        settings: SearchSettings,
+        store: VectorStore | None = None,
+        models: Models | None = None,
+        rerankers: dict[str, RerankerFactory] | None = None,
+    ):
+        self.settings = settings
+        manifest = IndexManifest.load(settings.data_dir)
+        if store is None or models is None:
+            if manifest is None:
+                raise QueryError(f"no index in {settings.data_dir}: run `lookalike index CATALOG` first")
+        self.store = store or open_store(manifest.store, api_key=settings.qdrant_api_key)
+        vocab = manifest.tag_vocab() if manifest else None
+        if models is None:
+            models = build_models(manifest.clip_model, manifest.text_model, resolve_device(settings.device))
+        self.models = models
+        if vocab is None and models.tagger is not None:
+            vocab = models.tagger.vocab
+        self.scale = float(getattr(models.clip, "logit_scale", 100.0))
+        self.label_sets = [(s.name, s.labels, label_embeddings(models.clip, s)) for s in vocab.sets] if vocab else []
+        self.fields = dict(self.store.payload_indexes())
+        self._calibration: dict[str, Calibration] | None = None
+        self._lock = threading.Lock()
+        self._rerankers: dict[str, RerankerFactory] = {
+            "none": NoReranker,
+            "clip": lambda: ClipReranker(self.label_sets, self.scale),
+            **(rerankers or {}),
+        }
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def search(self, query: Query) -> list[Hit]:
+        self._check(query)
+        reranker = self._reranker(query.rerank)
+        flt = query.filters
+        reference = None
+        if query.like is not None:
+            reference = self._stored_image_vector(query.like)
+            flt = Filter(flt.must, (*flt.must_not, Condition(ID_KEY, "eq", query.like)))
+        elif query.image is not None:
+            reference = self.models.clip.encode_images([query.image])[0]
+        if query.kind == "composed":
+            hits = self._composed(query, reference, flt)
+        elif query.kind == "image":
+            hits = self._fused(query, "image", {"image": reference, "text": reference}, flt)
+        else:
+            text_vec = self.models.clip.encode_texts([query.text])[0]
+            semantic = self.models.text.encode_texts([query.text])[0]
+            hits = self._fused(query, "text", {"image": text_vec, "text": text_vec, "semantic": semantic}, flt)
+        if query.negative:
+            hits = self._apply_negative(hits, query.negative)
+        if query.min_score is not None:
+            hits = [h for h in hits if h.score >= query.min_score]
+        if query.dedup and len(hits) > 1:
+            hits = self._dedup(hits)
+        hits = rerank_with_budget(reranker, query, hits, self.settings.rerank_top_n, self.settings.rerank_budget_s)
+        return hits[query.offset : query.offset + query.k]
+
+    def get(self, item_id: str) -> Hit | None:
+        found = self.store.retrieve([item_id])
+        return Hit(found[0].id, 1.0, found[0].payload, {}) if found else None
+
+    def similar(self, item_id: str, k: int = 10, filters: Filter | None = None) -> list[Hit]:
+        return self.search(Query(like=item_id, k=k, filters=filters or Filter()))
+
+    def calibration(self) -> dict[str, Calibration]:
+        """Per-channel calibration, fitted on the index and cached next to it."""
+        with self._lock:
+            if self._calibration is None:
+                self._calibration = self._load_or_fit_calibration()
+            return self._calibration
+
+    # -- query kinds ----------------------------------------------------------------------------
+
+    def _fused(self, query: Query, modality: str, vectors: dict[str, np.ndarray], flt: Filter) -> list[Hit]:
+        weights = self._channel_weights(query, modality)
+        pool = max(self.settings.candidates, query.k + query.offset)
+        channels: dict[str, list[tuple[str, float]]] = {}
+        found: dict[str, Any] = {}
+        for name, weight in weights.items():
+            if weight <= 0:
+                continue
+            points = self.store.search(name, vectors[name], pool, flt, with_vectors=True)
+            channels[name] = [(p.id, p.score) for p in points]
+            for p in points:
+                found.setdefault(p.id, p)
+        if not found:
+            return []
+        ids = list(found)
+        cal = self.calibration()
+        exact = {name: np.array([float(found[i].vectors[name] @ vectors[name]) for i in ids]) for name in channels}
+        relevance = {
+            name: cal[CHANNELS[modality][name]].apply(exact[name]) if cal else exact[name] for name in channels
+        }
+        method = query.fusion or self.settings.fusion
+        if method == "calibrated":
+            fused = fuse(method, {n: list(zip(ids, relevance[n].tolist(), strict=True)) for n in channels}, weights)
+        else:
+            fused = fuse(method, channels, weights)
+        index = {item_id: i for i, item_id in enumerate(ids)}
+        ranks = {name: {item_id: r for r, (item_id, _) in enumerate(rows, 1)} for name, rows in channels.items()}
+        hits = []
+        for f in fused:
+            i = index[f.id]
+            per_channel = {
+                name: {
+                    "raw": round(float(exact[name][i]), 4),
+                    "rank": ranks[name].get(f.id),
+                    "calibrated": round(float(relevance[name][i]), 4),
+                    "weight": round(weights[name], 4),
+                }
+                for name in channels
+            }
+            score = combine({n: float(relevance[n][i]) for n in channels}, weights)
+            explanation = {
+                "query": modality,
+                "fusion": method,
+                "fused": round(f.score, 6),
+                "channels": per_channel,
+            }
+            hits.append(Hit(f.id, score, found[f.id].payload, explanation, found[f.id].vectors))
+        return hits
+
+    def _composed(self, query: Query, reference: np.ndarray, flt: Filter) -> list[Hit]:
+        modifier = self.models.clip.encode_texts([query.text])[0]
+        attribute = find_attribute(query.text, self.label_sets)
+        arithmetic = arithmetic_query(reference, modifier, attribute)
+        method = query.composed_method or self.settings.composed_method
+        pool = max(self.settings.candidates, query.k + query.offset)
+        found: dict[str, Any] = {}
+        probes = [arithmetic] if method == "arithmetic" else [arithmetic, reference, modifier]
+        for vec in probes:
+            for p in self.store.search("image", vec, pool, flt, with_vectors=True):
+                found.setdefault(p.id, p)
+        if not found:
+            return []
+        ids = list(found)
+        images = np.stack([found[i].vectors["image"] for i in ids])
+        cal = self.calibration()
+        ref_rel = cal["image>image"].apply(images @ reference) if cal else images @ reference
+        mod_rel = cal["text>image"].apply(images @ modifier) if cal else images @ modifier
+        if method == "arithmetic":
+            order_score = images @ arithmetic
+            parts: dict[str, np.ndarray] = {"arithmetic": order_score}
+        else:
+            scores = composed_scores(reference, images, modifier, attribute, ComposedWeights(), self.scale)
+            order_score = scores.score
+            parts = {"structure": scores.structure, "modifier": scores.modifier}
+            if scores.verify is not None:
+                parts["verify"] = scores.verify
+        hits = []
+        for i in np.argsort(-order_score, kind="stable"):
+            explanation = {
+                "query": "composed",
+                "method": method,
+                "attribute": {attribute.name: attribute.labels[attribute.target]} if attribute else None,
+                "fused": round(float(order_score[i]), 4),
+                "parts": {k: round(float(v[i]), 4) for k, v in parts.items()},
+                "channels": {
+                    "image": {
+                        "raw": round(float(images[i] @ reference), 4),
+                        "calibrated": round(float(ref_rel[i]), 4),
+                    },
+                    "modifier": {
+                        "raw": round(float(images[i] @ modifier), 4),
+                        "calibrated": round(float(mod_rel[i]), 4),
+                    },
+                },
+            }
+            score = 0.5 * float(ref_rel[i]) + 0.5 * float(mod_rel[i])
+            p = found[ids[i]]
+            hits.append(Hit(p.id, score, p.payload, explanation, p.vectors))
+        return hits
+
+    def _apply_negative(self, hits: list[Hit], negative: str) -> list[Hit]:
+        if not hits:
+            return hits
+        neg = self.models.clip.encode_texts([negative])[0]
+        images = np.stack([h.vectors["image"] for h in hits])
+        cal = self.calibration()
+        similarity = cal["text>image"].apply(images @ neg) if cal else images @ neg
+        fused_max = max(max(h.explanation.get("fused", h.score) for h in hits), 1e-12)
+        from .fusion import FusedHit
+
+        # penalise works on one scale: fused scores are rescaled to 0-1 to meet calibrated similarity.
+        as_fused = [FusedHit(h.id, h.explanation.get("fused", h.score) / fused_max, {}) for h in hits]
+        kept = penalise(
+            as_fused,
+            {h.id: float(s) for h, s in zip(hits, similarity, strict=True)},
+            self.settings.negative_weight,
+            self.settings.negative_threshold,
+        )
+        by_id = {h.id: h for h in hits}
+        out = []
+        for f in kept:
+            h = by_id[f.id]
+            explanation = {
+                **h.explanation,
+                "negative": {
+                    "text": negative,
+                    "similarity": round(f.negative or 0, 4),
+                    "penalty": round(f.penalty, 4),
+                },
+            }
+            out.append(replace(h, score=max(h.score - f.penalty, 0.0), explanation=explanation))
+        return out
+
+    def _dedup(self, hits: list[Hit]) -> list[Hit]:
+        dedup = mmr_dedup(
+            [h.id for h in hits], np.stack([h.vectors["image"] for h in hits]), self.settings.dedup_threshold
+        )
+        kept = [hits[i] for i in dedup.kept]
+        dupes = dedup.duplicate_ids
+        if dupes:
+            by_kept: dict[str, list[str]] = {}
+            for dup, of in dupes.items():
+                by_kept.setdefault(of, []).append(dup)
+            kept = [
+                replace(h, explanation={**h.explanation, "duplicates": by_kept[h.id]}) if h.id in by_kept else h
+                for h in kept
+            ]
+        return kept
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _check(self, query: Query) -> None:
+        if not (query.text and query.text.strip()) and query.image is None and query.like is None:
+            raise QueryError("empty query: give text, an image, or an item id to search like")
+        if query.image is not None and query.like is not None:
+            raise QueryError("give either an image or an item id (like), not both")
+        if not 1 <= query.k <= self.settings.max_k:
+            raise QueryError(f"k must be between 1 and {self.settings.max_k}, got {query.k}")
+        if query.offset < 0 or query.offset + query.k > self.settings.candidates * 10:
+            raise QueryError(f"offset must be between 0 and {self.settings.candidates * 10 - query.k}")
+        if query.min_score is not None and not 0 <= query.min_score <= 1:
+            raise QueryError(f"min_score is a calibrated relevance between 0 and 1, got {query.min_score}")
+        if query.weights:
+            bad = {k: v for k, v in query.weights.items() if k not in {"image", "text"} or not v >= 0}
+            if bad or not sum(query.weights.values()) > 0:
+                raise QueryError(f"weights take image=W,text=W with W >= 0 and a positive sum, got {query.weights}")
+
+    def _reranker(self, name: str) -> Reranker:
+        factory = self._rerankers.get(name)
+        if factory is None:
+            raise QueryError(f"unknown re-ranker {name!r}; choose one of {sorted(self._rerankers) + ['vlm']}")
+        try:
+            return factory()
+        except RerankError as exc:
+            raise QueryError(str(exc)) from exc
+
+    def _channel_weights(self, query: Query, modality: str) -> dict[str, float]:
+        w = {"image": self.settings.image_weight, "text": self.settings.text_weight, **(query.weights or {})}
+        if modality == "image":
+            return {"image": w["image"], "text": w["text"]}
+        share = self.settings.semantic_share
+        return {"image": w["image"], "text": w["text"] * (1 - share), "semantic": w["text"] * share}
+
+    def _stored_image_vector(self, item_id: str) -> np.ndarray:
+        found = self.store.retrieve([item_id], with_vectors=True)
+        if not found:
+            raise QueryError(f"unknown item id {item_id!r}")
+        return found[0].vectors["image"]
+
+    def _load_or_fit_calibration(self) -> dict[str, Calibration]:
+        count = self.store.count()
+        schema = self.store.schema()
+        if count < 20 or schema is None:
+            return {}
+        path = Path(self.settings.data_dir) / CALIBRATION_FILE
+        key = {"count": count, "models": schema.models}
+        if path.exists():
+            try:
+                cached = json.loads(path.read_text())
+                if cached.get("key") == key:
+                    return {k: Calibration.from_dict(v) for k, v in cached["channels"].items()}
+            except (ValueError, KeyError) as exc:
+                log.warning("ignoring unreadable %s: %s", path, exc)
+        cal = fit_calibration(self.store, self.settings.calibration_sample)
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": key, "channels": {k: c.to_dict() for k, c in cal.items()}}))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot cache calibration in %s: %s", path, exc)
+        return cal
+
+
+def fit_calibration(store: VectorStore, sample: int) -> dict[str, Calibration]:
+    """Fit each channel's calibration on random pairs of stored items (see calibration.py)."""
+    ids = []
+    for record in store.scroll(keys=[]):
+        ids.append(record.id)
+        if len(ids) >= sample:
+            break  # point ids are UUIDv5 hashes, so scroll order is already a random sample
+    records = store.retrieve(ids, with_vectors=True)
+    if len(records) < 20:
+        raise StoreError("too few items to calibrate scores")
+    vec = {name: np.stack([r.vectors[name] for r in records]) for name in ("image", "text", "semantic")}
+    pairs = {
+        "text>image": ("text", "image"),
+        "text>text": ("text", "text"),
+        "semantic>semantic": ("semantic", "semantic"),
+        "image>image": ("image", "image"),
+        "image>text": ("image", "text"),
+    }
+    out = {}
+    for channel, (q, v) in pairs.items():
+        scores = background_scores(vec[q], vec[v], n_pairs=20 * len(records), seed=0)
+        out[channel] = fit_background(scores, channel=channel)
+    return out

@@ -1,0 +1,138 @@
+"""``lookalike search`` and ``lookalike eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from indexer import ImageError, ImagePolicy
+from indexer.images import load_image
+from search import FilterError, Query, QueryError, SearchEngine, SearchSettings, parse_filters, parse_weights
+
+from .cli import AsJson, DataDir, Quiet, UserError, app, emit, user_errors
+
+
+def open_engine(data_dir: Path | None) -> SearchEngine:
+    settings = SearchSettings(**({"data_dir": data_dir} if data_dir else {}))
+    try:
+        return SearchEngine(settings)
+    except QueryError as exc:
+        raise UserError(str(exc)) from None
+
+
+def format_hits(hits) -> str:
+    if not hits:
+        return "no results: try fewer filters, a lower --min-score, or other words"
+    lines = []
+    for rank, hit in enumerate(hits, start=1):
+        p = hit.payload
+        price = f"  {p['price']:.2f}" if isinstance(p.get("price"), int | float) else ""
+        lines.append(f"{rank:>3}. {hit.score:.3f}  {hit.id:<16} {p.get('title', '')}{price}")
+    return "\n".join(lines)
+
+
+@app.command()
+def search(
+    text: Annotated[str | None, typer.Argument(help="What to look for; with --image/--like: the change.")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="Query image: a path or an http(s) URL.")] = None,
+    like: Annotated[str | None, typer.Option("--like", help="Catalog id to search like.")] = None,
+    negative: Annotated[str | None, typer.Option("--not", help="Push down items matching this text.")] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="FIELD=VALUE, FIELD=A|B, FIELD!=V, FIELD<N (repeatable)."),
+    ] = None,
+    weights: Annotated[str | None, typer.Option("--weights", help="e.g. image=0.6,text=0.4")] = None,
+    k: Annotated[int, typer.Option("--k", help="Results to show.")] = 10,
+    offset: Annotated[int, typer.Option("--offset", help="Results to skip (paging).")] = 0,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="Calibrated relevance cut, 0-1.")] = None,
+    rerank: Annotated[str, typer.Option("--rerank", help="none | clip | vlm")] = "none",
+    fusion: Annotated[str | None, typer.Option("--fusion", help="rrf | dbsf | sum | calibrated")] = None,
+    no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Keep near-identical items.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Show per-channel scores.")] = False,
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Search the index by text, by image, or by an image plus a change ("like this but in blue")."""
+    with user_errors():
+        engine = open_engine(data_dir)
+        try:
+            query_image = None
+            if image:
+                policy = ImagePolicy.from_settings(engine.settings)
+                query_image, _ = load_image(image, policy)
+            query = Query(
+                text=text,
+                image=query_image,
+                like=like,
+                negative=negative,
+                filters=parse_filters(filters or [], engine.fields),
+                weights=parse_weights(weights),
+                k=k,
+                offset=offset,
+                min_score=min_score,
+                rerank=rerank,
+                dedup=not no_dedup,
+                fusion=fusion,
+            )
+            hits = engine.search(query)
+        except (QueryError, FilterError, ImageError) as exc:
+            raise UserError(str(exc)) from None
+        finally:
+            engine.close()
+        text_out = format_hits(hits)
+        if explain:
+            text_out += "\n\n" + "\n".join(f"{h.id}: {json.dumps(h.explanation)}" for h in hits)
+        emit([h.to_dict() for h in hits], as_json, text_out)
+
+
+@app.command("eval")
+def evaluate(
+    data_dir: Annotated[Path, typer.Argument(help="Index folder to evaluate.")],
+    queries: Annotated[
+        Path | None, typer.Option("--queries", help="JSONL: text/image/like + relevant ids per line.")
+    ] = None,
+    per_type: Annotated[int, typer.Option("--per-type", help="Generated queries per type.")] = 150,
+    out: Annotated[Path | None, typer.Option("--out", help="JSON report (default DATA_DIR/eval.json).")] = None,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
+) -> None:
+    """Measure P@10, R@10, nDCG@10 and MRR per query type, and zero-shot tagging accuracy."""
+    from tqdm import tqdm
+
+    from search.evaluate import (
+        attribute_queries,
+        catalog_items,
+        file_queries,
+        fusion_queries,
+        run_eval,
+        tagging_accuracy,
+    )
+
+    with user_errors():
+        engine = open_engine(data_dir)
+        try:
+            items = catalog_items(engine)
+            if queries:
+                try:
+                    todo = file_queries(queries, ImagePolicy.from_settings(engine.settings))
+                except (ValueError, ImageError) as exc:
+                    raise UserError(str(exc)) from None
+            else:
+                todo = attribute_queries(items, per_type=per_type)
+                todo += fusion_queries(todo, ("rrf", "dbsf", "sum", "calibrated"))
+                if not todo:
+                    raise UserError(
+                        "the catalog has no category/colour payloads to generate queries from: pass --queries FILE"
+                    )
+            bar = tqdm(total=len(todo), desc="evaluating", unit="q", disable=quiet)
+            report = run_eval(engine, todo, lambda n, total: bar.update(n - bar.n))
+            bar.close()
+            report.tagging = tagging_accuracy(items)
+        finally:
+            engine.close()
+        target = out or Path(data_dir) / "eval.json"
+        target.write_text(json.dumps(report.to_dict(), indent=2))
+        emit(report.to_dict(), as_json, report.table() + f"\n\nwritten to {target}")
