@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 # shells out to Ghostscript, for one); restricting the set keeps hostile files
 # away from rarely exercised decoders.
 SAFE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+# Pillow registers its format plugins lazily, on the first open. Registering them here, once, keeps
+# threads that decode concurrently from seeing a half-filled registry (and refusing valid JPEGs).
+Image.init()
+_OPEN_FORMATS = tuple(f for f in SAFE_FORMATS if f in Image.OPEN) or None
 
 # Decoded RGB bytes per file byte above which an over-limit image is reported
 # as a decompression bomb rather than merely too big: real photos stay well under it.
@@ -305,9 +309,8 @@ def decode_image(data: bytes, source: str, policy: ImagePolicy) -> Image.Image:
     """Decode ``data`` to a fully loaded RGB image, upright per its EXIF orientation."""
     if not data:
         raise ImageError("empty", source, "no image data (0 bytes)")
-    formats = tuple(f for f in SAFE_FORMATS if f in Image.OPEN) or None
     try:
-        im = Image.open(io.BytesIO(data), formats=formats)
+        im = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError("decompression_bomb", source, f"refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:

@@ -18,6 +18,7 @@ from indexer import (
     IndexManifest,
     Models,
     StoreError,
+    TagVocab,
     VectorStore,
     build_models,
     open_store,
@@ -77,6 +78,15 @@ class SearchEngine:
 
     def close(self) -> None:
         self.store.close()
+
+    def refresh(self, vocab: TagVocab | None = None) -> None:
+        """Pick up what an index run changed: new payload fields, new tags, and items to recalibrate on."""
+        label_sets = [(s.name, s.labels, label_embeddings(self.models.clip, s)) for s in vocab.sets] if vocab else None
+        with self._lock:
+            self.fields = dict(self.store.payload_indexes())
+            if label_sets is not None:
+                self.label_sets = label_sets
+            self._calibration = None
 
     # -- public API -----------------------------------------------------------------------------
 

@@ -28,9 +28,7 @@ from indexer.images import (
 from indexer.settings import Settings
 
 POLICY = ImagePolicy(max_bytes=1_000_000, max_pixels=1_000_000, url_timeout=2.0, retries=1)
-LOCAL = ImagePolicy(
-    max_bytes=1_000_000, max_pixels=1_000_000, url_timeout=2.0, allow_private_urls=True, retries=1
-)
+LOCAL = ImagePolicy(max_bytes=1_000_000, max_pixels=1_000_000, url_timeout=2.0, allow_private_urls=True, retries=1)
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -409,3 +407,29 @@ def test_concurrent_loads_from_threads(server, tmp_path):
     with ThreadPoolExecutor(4) as pool:
         sizes = list(pool.map(lambda s: load_image(s, LOCAL)[0].size, sources))
     assert sizes == [(64, 48)] * 16
+
+
+def test_concurrent_first_decodes_in_a_fresh_process(tmp_path):
+    """Pillow loads its plugins on first use; threads decoding at once must never see a half-filled registry."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "race.py"
+    script.write_text(
+        "import io\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from indexer.images import ImagePolicy, ImageError, decode_image\n"
+        "from PIL import Image\n"
+        "buf = io.BytesIO(); Image.new('RGB', (32, 32), 'red').save(buf, 'JPEG'); data = buf.getvalue()\n"
+        "p = ImagePolicy(max_bytes=10**7, max_pixels=10**7, url_timeout=1, allow_private_urls=False)\n"
+        "def f(_):\n"
+        "    try:\n"
+        "        decode_image(data, 'x', p)\n"
+        "        return 'ok'\n"
+        "    except ImageError as e:\n"
+        "        return e.reason\n"
+        "with ThreadPoolExecutor(8) as ex:\n"
+        "    print(sorted(set(ex.map(f, range(16)))))\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "['ok']", out.stderr

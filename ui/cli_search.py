@@ -11,6 +11,7 @@ import typer
 from indexer import ImageError, ImagePolicy
 from indexer.images import load_image
 from search import FilterError, Query, QueryError, SearchEngine, SearchSettings, parse_filters, parse_weights
+from vlm import vlm_reranker
 
 from .cli import AsJson, DataDir, Quiet, UserError, app, emit, user_errors
 
@@ -18,7 +19,9 @@ from .cli import AsJson, DataDir, Quiet, UserError, app, emit, user_errors
 def open_engine(data_dir: Path | None) -> SearchEngine:
     settings = SearchSettings(**({"data_dir": data_dir} if data_dir else {}))
     try:
-        return SearchEngine(settings)
+        # The VLM is made on the first --rerank vlm query; "like" queries show it the reference item.
+        engine = SearchEngine(settings, rerankers={"vlm": vlm_reranker(settings, lookup=lambda i: engine.get(i))})
+        return engine
     except QueryError as exc:
         raise UserError(str(exc)) from None
 

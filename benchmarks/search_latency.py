@@ -1,0 +1,156 @@
+"""Search latency on the optimized embedded store against qdrant-client's local mode, side by side.
+
+Synthetic catalogs (random unit vectors with category/colour/price payloads) of 10k and 100k items.
+For each store it prints p50/p95 of
+- store side: the store calls one query makes (text: 3 channels, image: 2, composed: 3 probes,
+  filtered: the text query with category and price filters), and
+- end to end: SearchEngine.search() including CLIP text encoding (lookalike-mini architecture; pass
+  --model openclip:lookalike-mini/CKPT for the trained demo model: the speed is the same).
+
+    python benchmarks/search_latency.py [--sizes 10000 100000] [--queries 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from indexer import Condition, Filter, Record, StoreSchema, build_models, open_store, resolve_device
+from indexer.store import HASH_KEY, ID_KEY
+from indexer.store_qdrant import QdrantStore
+from search import Query, SearchEngine, SearchSettings
+
+CATEGORIES = ["dress", "coat", "shirt", "bag", "sneaker", "sandal", "trousers", "pullover", "t-shirt", "boot"]
+COLOURS = ["red", "blue", "green", "black", "pink", "teal", "brown", "yellow", "orange", "purple"]
+
+
+def unit_rows(rng, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fill(store, n: int, dims: dict[str, int], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    store.ensure_schema(StoreSchema(dims, {k: "synthetic" for k in dims}))
+    for key, kind in {"category": "keyword", "colour": "keyword", "price": "float"}.items():
+        store.ensure_payload_index(key, kind)
+    step = 2000
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        vecs = {name: unit_rows(rng, m, d) for name, d in dims.items()}
+        store.upsert(
+            [
+                Record(
+                    f"item-{start + i}",
+                    {
+                        ID_KEY: f"item-{start + i}",
+                        HASH_KEY: "x",
+                        "category": CATEGORIES[(start + i) % 10],
+                        "colour": COLOURS[(start + i) // 10 % 10],
+                        "price": float((start + i) % 200),
+                        "title": f"item {start + i}",
+                    },
+                    {name: vecs[name][i] for name in dims},
+                )
+                for i in range(m)
+            ]
+        )
+    store.optimize()
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    arr = np.array(samples) * 1000
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 95))
+
+
+def store_side(store, dims, n_queries: int, pool: int) -> dict[str, tuple[float, float]]:
+    rng = np.random.default_rng(1)
+    flt = Filter(must=(Condition("category", "eq", "dress"), Condition("price", "range", {"lt": 100})))
+    kinds = {
+        "text": [("image", None), ("text", None), ("semantic", None)],
+        "image": [("image", None), ("text", None)],
+        "composed": [("image", None)] * 3,
+        "filtered": [("image", flt), ("text", flt), ("semantic", flt)],
+    }
+    out = {}
+    for kind, calls in kinds.items():
+        times = []
+        for _ in range(n_queries):
+            vecs = {name: unit_rows(rng, 1, d)[0] for name, d in dims.items()}
+            t0 = time.perf_counter()
+            for name, f in calls:
+                store.search(name, vecs[name], pool, f, with_vectors=True)
+            times.append(time.perf_counter() - t0)
+        out[kind] = percentiles(times)
+    return out
+
+
+def end_to_end(engine: SearchEngine, n_queries: int) -> dict[str, tuple[float, float]]:
+    flt = Filter(must=(Condition("category", "eq", "dress"), Condition("price", "range", {"lt": 100})))
+    queries = {
+        "text": lambda i: Query(text=f"{COLOURS[i % 10]} striped {CATEGORIES[i % 10]}"),
+        "image": lambda i: Query(like=f"item-{i * 7}"),
+        "composed": lambda i: Query(like=f"item-{i * 7}", text=f"in {COLOURS[(i + 3) % 10]}"),
+        "filtered": lambda i: Query(text=f"{COLOURS[i % 10]} dress", filters=flt),
+    }
+    engine.search(Query(text="warm up"))
+    out = {}
+    for kind, make in queries.items():
+        times = []
+        for i in range(n_queries):
+            t0 = time.perf_counter()
+            engine.search(make(i))
+            times.append(time.perf_counter() - t0)
+        out[kind] = percentiles(times)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--local-queries", type=int, default=20, help="Queries against the slow local mode.")
+    ap.add_argument("--model", default="openclip:lookalike-mini/random")
+    args = ap.parse_args()
+
+    from qdrant_client import QdrantClient
+
+    models = build_models(args.model, "st:all-MiniLM-L6-v2", resolve_device("cpu"))
+    dims = {"image": models.clip.dim, "text": models.clip.dim, "semantic": models.text.dim}
+    print(f"vectors: {dims}; p50 / p95 in ms; {args.queries} queries (local mode: {args.local_queries})")
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            stores = {
+                "edge": open_store(f"edge:{Path(tmp) / 'store'}"),
+                "local": QdrantStore.from_client(QdrantClient(":memory:")),
+            }
+            results = {}
+            for name, store in stores.items():
+                t0 = time.perf_counter()
+                fill(store, n, dims)
+                load = time.perf_counter() - t0
+                nq = args.queries if name == "edge" else args.local_queries
+                settings = SearchSettings(data_dir=Path(tmp) / name)
+                engine = SearchEngine(settings, store=store, models=models)
+                results[name] = (store_side(store, dims, nq, settings.candidates), end_to_end(engine, nq), load)
+            print(f"\n{n:,} items (load + optimize: edge {results['edge'][2]:.1f}s, local {results['local'][2]:.1f}s)")
+            print(
+                f"{'query':<10} {'edge store':>15} {'local store':>15} {'ratio p95':>10} {'edge e2e':>15} {'local e2e':>15}"
+            )
+            for kind in ("text", "image", "composed", "filtered"):
+                es, ee = results["edge"][0][kind], results["edge"][1][kind]
+                ls, le = results["local"][0][kind], results["local"][1][kind]
+                print(
+                    f"{kind:<10} {es[0]:6.1f} / {es[1]:6.1f} {ls[0]:6.1f} / {ls[1]:6.1f} {ls[1] / es[1]:9.1f}x "
+                    f"{ee[0]:6.1f} / {ee[1]:6.1f} {le[0]:6.1f} / {le[1]:6.1f}"
+                )
+            for store in stores.values():
+                store.close()
+
+
+if __name__ == "__main__":
+    main()

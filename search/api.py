@@ -1,0 +1,503 @@
+"""The REST API: search, items, similar items, index jobs and health, as a FastAPI app.
+
+Bad input always gets a 4xx with a JSON body ``{"detail": message, "error": code}``; request bodies that
+do not fit the schema get FastAPI's usual 422 with the failing fields. Encoding a query is CPU work, so
+every engine call runs in the threadpool and the event loop stays free for other requests.
+
+``create_app`` only wires routes to an engine and a job runner, so other front ends (the Gradio UI) can be
+mounted into the same app.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi import Query as QueryParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from indexer import (
+    CatalogError,
+    ImageError,
+    ImagePolicy,
+    IndexManifest,
+    StoreError,
+    TagVocabError,
+    build_models,
+    open_store,
+    resolve_device,
+)
+from indexer.images import decode_upload, is_url, load_image
+
+from .engine import SearchEngine
+from .filters import FilterError, parse_filters, parse_weights
+from .jobs import Job, JobConflict, JobRunner
+from .query import Hit, Query, QueryError, SearchSettings
+
+log = logging.getLogger(__name__)
+
+JSON_BODY_LIMIT = 256 * 1024
+FORM_OVERHEAD = 256 * 1024  # room for the text fields and multipart framing next to the image
+MAX_WEIGHT = 1e6
+_SIZE_REASONS = {"too_large", "too_many_pixels", "decompression_bomb"}
+
+
+# -- request and response models ----------------------------------------------------------------
+
+Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
+
+
+class SearchRequest(BaseModel):
+    """A search. Give text, an image (upload or ``image_url``), an item id (``like``), or text plus an image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, max_length=2000, description="What to look for; with an image: the change.")
+    like: str | None = Field(None, max_length=1000, description="Catalog id to search like (excluded from hits).")
+    image_url: str | None = Field(None, max_length=4000, description="http(s) URL of a query image.")
+    negative: str | None = Field(None, max_length=2000, description="Push down items matching this text.")
+    filters: list[str] = Field(
+        default_factory=list, max_length=50, description="FIELD=VALUE, FIELD=A|B, FIELD!=V, FIELD<N, ..."
+    )
+    weights: dict[str, Weight] | str | None = Field(
+        None, description='{"image": 0.6, "text": 0.4} or "image=0.6,text=0.4"'
+    )
+    k: int = Field(10, ge=1, description="Results per page (at most the server's max_k).")
+    offset: int = Field(0, ge=0, description="Results to skip (paging).")
+    min_score: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="Calibrated relevance cut.")
+    rerank: str = Field("none", max_length=32, description="none | clip | vlm (when configured)")
+    fusion: Literal["rrf", "dbsf", "sum", "calibrated"] | None = None
+    composed_method: Literal["structured", "arithmetic"] | None = None
+    dedup: bool = Field(True, description="Collapse near-identical items.")
+
+
+class HitOut(BaseModel):
+    id: str
+    score: float = Field(description="Calibrated relevance, 0-1.")
+    payload: dict[str, Any]
+    explanation: dict[str, Any]
+    image_url: str
+
+
+class SearchResponse(BaseModel):
+    hits: list[HitOut]
+    took_ms: float
+    kind: Literal["text", "image", "composed"]
+
+
+class ItemOut(BaseModel):
+    id: str
+    payload: dict[str, Any]
+    image_url: str
+
+
+class IndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    catalog: str = Field(min_length=1, max_length=4096, description="Catalog file or image folder, on the server.")
+    prune: bool = Field(False, description="Delete stored items gone from the catalog.")
+    tags: str | None = Field(None, max_length=4096, description="Tag vocabulary YAML, on the server.")
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: str
+    url: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "empty"]
+    items: int
+    models: dict[str, str]
+    fields: dict[str, str]
+    job: str | None = Field(description="Id of the running index job, if any.")
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    error: str
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, error: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.error = status, detail, error
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut} for code in codes}
+
+
+SEARCH_EXAMPLES = {
+    "text": {"value": {"text": "red striped dress", "k": 10}},
+    "filtered": {
+        "value": {"text": "dress", "negative": "striped", "filters": ["price<50"], "weights": "image=0.6,text=0.4"}
+    },
+    "composed": {"value": {"like": "ITEM_ID", "text": "in blue", "k": 5, "min_score": 0.2}},
+}
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    # A form field that is left out is None; there is no way to send null in a form.
+    options = [o for o in schema.get("anyOf", []) if o.get("type") != "null"]
+    if len(options) == 1:
+        return {**{k: v for k, v in schema.items() if k not in ("anyOf", "default")}, **options[0]}
+    return schema
+
+
+def _search_body_schema() -> dict[str, Any]:
+    # /search reads its body by hand (JSON or multipart), so its request schema is declared here.
+    json_schema = SearchRequest.model_json_schema()
+    form_props = {
+        **{name: _not_null(prop) for name, prop in json_schema["properties"].items()},
+        "filters": {"type": "array", "items": {"type": "string"}, "description": "Repeat the field per filter."},
+        "weights": {"type": "string", "description": "image=0.6,text=0.4"},
+        "image": {"type": "string", "format": "binary", "description": "Query image file."},
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema, "examples": SEARCH_EXAMPLES},
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": form_props, "additionalProperties": False}
+                },
+            },
+        }
+    }
+
+
+# -- the app ------------------------------------------------------------------------------------
+
+
+def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool = False) -> FastAPI:
+    """The API over ``engine``. With ``close_on_shutdown`` the app stops ``jobs`` and closes ``engine`` on exit."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_on_shutdown:
+            await run_in_threadpool(jobs.close)
+            engine.close()
+
+    app = FastAPI(
+        title="lookalike",
+        summary="Multimodal catalog search: text, image and 'like this but different' queries.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.engine, app.state.jobs = engine, jobs
+    _add_error_handlers(app)
+    settings: SearchSettings = engine.settings
+
+    @app.post(
+        "/search",
+        response_model=SearchResponse,
+        responses=_errors(400, 409, 413, 415, 422),
+        openapi_extra=_search_body_schema(),
+    )
+    async def search(request: Request) -> SearchResponse:
+        """Search by JSON body, or by multipart form with an ``image`` file plus the same fields."""
+        started = time.perf_counter()
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        upload: bytes | None = None
+        if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            body = await _read_body(request, settings.max_upload_bytes + FORM_OVERHEAD)
+            fields, upload = await _parse_form(request, body, settings.max_upload_bytes)
+            req = _validate(SearchRequest, fields)
+        elif content_type in ("", "application/json") or content_type.endswith("+json"):
+            body = await _read_body(request, JSON_BODY_LIMIT)
+            req = _validate_json(SearchRequest, body or b"{}")
+        else:
+            raise ApiError(415, f"send application/json or multipart/form-data, not {content_type}", "media_type")
+        return await run_in_threadpool(_run_search, engine, req, upload, started)
+
+    @app.get("/items/{item_id:path}/image", responses=_errors(404), response_class=Response)
+    def item_image(item_id: str) -> Response:
+        """The item's stored image: the file it was indexed from, or a redirect to its URL."""
+        hit = _item(engine, item_id)
+        source = hit.payload.get("image")
+        if not isinstance(source, str) or not source:
+            raise ApiError(404, f"item {item_id!r} has no stored image", "no_image")
+        if is_url(source):
+            if _is_http_url(source):
+                return RedirectResponse(source, status_code=307)
+            raise ApiError(404, f"item {item_id!r} has an image URL that cannot be served", "no_image")
+        path = Path(source)
+        if not path.is_file():
+            raise ApiError(404, f"the image file of item {item_id!r} is no longer on the server", "image_missing")
+        return FileResponse(path, media_type=_media_type(path))
+
+    @app.get("/items/{item_id:path}/similar", response_model=SearchResponse, responses=_errors(400, 404, 409))
+    def similar(
+        item_id: str,
+        k: Annotated[int, QueryParam(ge=1)] = 10,
+        filter: Annotated[list[str] | None, QueryParam(description="Repeatable filter expression.")] = None,
+    ) -> SearchResponse:
+        """Items that look like this one (the item itself excluded)."""
+        started = time.perf_counter()
+        _require_index(engine)
+        _item(engine, item_id)
+        hits = engine.similar(item_id, k=k, filters=parse_filters(filter or [], engine.fields))
+        return _response(hits, "image", started)
+
+    @app.get("/items/{item_id:path}", response_model=ItemOut, responses=_errors(404))
+    def item(item_id: str) -> ItemOut:
+        """One catalog item's payload."""
+        hit = _item(engine, item_id)
+        return ItemOut(id=hit.id, payload=hit.public_payload(), image_url=_image_url(hit.id))
+
+    @app.post("/index", status_code=202, response_model=JobAccepted, responses=_errors(400, 409))
+    def start_index(req: IndexRequest) -> JobAccepted:
+        """Index (or re-index) a catalog on the server in the background; poll ``GET /jobs/{id}``."""
+        for name, value in (("catalog", req.catalog), ("tags", req.tags)):
+            if value is not None and not _exists(value):
+                raise ApiError(400, f"{name} {value!r} does not exist on the server", f"{name}_not_found")
+        job = jobs.submit(req.catalog, prune=req.prune, tags=req.tags)
+        return JobAccepted(job_id=job.id, status=job.status, url=f"/jobs/{job.id}")
+
+    @app.get("/jobs", response_model=list[Job])
+    def list_jobs(limit: Annotated[int, QueryParam(ge=1, le=200)] = 20) -> list[Job]:
+        """Recent index jobs, newest first."""
+        return jobs.recent(limit)
+
+    @app.get("/jobs/{job_id}", response_model=Job, responses=_errors(404))
+    def get_job(job_id: str) -> Job:
+        """An index job's progress (done/total, images/s, ETA), final report and failed items (``errors``)."""
+        job = jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, f"no index job {job_id!r}", "unknown_job")
+        return job
+
+    @app.get("/health", response_model=HealthOut)
+    def health() -> HealthOut:
+        """Liveness plus what the index holds."""
+        items = engine.store.count()
+        running = jobs.running()
+        return HealthOut(
+            status="ok" if items else "empty",
+            items=items,
+            models={"clip": engine.models.clip.spec, "text": engine.models.text.spec},
+            fields=dict(engine.fields),
+            job=running.id if running else None,
+        )
+
+    return app
+
+
+def app_from_settings(settings: SearchSettings) -> FastAPI:
+    """The API over the index in ``settings.data_dir``; a new data dir gets the settings' default models."""
+    if IndexManifest.load(settings.data_dir) is not None:
+        engine = SearchEngine(settings)
+    else:
+        log.info("no index in %s yet: loading %s and %s", settings.data_dir, settings.clip_model, settings.text_model)
+        models = build_models(settings.clip_model, settings.text_model, resolve_device(settings.device))
+        store = open_store(settings.store_spec(), api_key=settings.qdrant_api_key)
+        engine = SearchEngine(settings, store=store, models=models)
+    return create_app(engine, JobRunner(engine), close_on_shutdown=True)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _run_search(engine: SearchEngine, req: SearchRequest, upload: bytes | None, started: float) -> SearchResponse:
+    _require_index(engine)
+    policy = _query_policy(engine.settings)
+    image: Image.Image | None = None
+    if upload is not None and req.image_url:
+        raise ApiError(400, "give either an uploaded image or image_url, not both", "query")
+    if upload is not None:
+        image = decode_upload(upload, policy)
+    elif req.image_url:
+        if not _is_http_url(req.image_url):
+            # Never a server-side path: that would let clients read the server's files.
+            raise ApiError(400, "image_url must be an http(s) URL; to send a file, upload it", "image_url")
+        image, _ = load_image(req.image_url, policy)
+    query = Query(
+        text=req.text,
+        image=image,
+        like=req.like,
+        negative=req.negative,
+        filters=parse_filters(req.filters, engine.fields),
+        weights=_weights(req.weights),
+        k=req.k,
+        offset=req.offset,
+        min_score=req.min_score,
+        rerank=req.rerank,
+        dedup=req.dedup,
+        fusion=req.fusion,
+        composed_method=req.composed_method,
+    )
+    return _response(engine.search(query), query.kind, started)
+
+
+def _response(hits: list[Hit], kind: str, started: float) -> SearchResponse:
+    return SearchResponse(
+        hits=[HitOut(**h.to_dict(), image_url=_image_url(h.id)) for h in hits],
+        took_ms=round((time.perf_counter() - started) * 1000, 2),
+        kind=kind,  # type: ignore[arg-type]
+    )
+
+
+def _weights(value: dict[str, float] | str | None) -> dict[str, float] | None:
+    weights = parse_weights(value) if isinstance(value, str) else value
+    if weights and not all(math.isfinite(w) and 0 <= w <= MAX_WEIGHT for w in weights.values()):
+        raise FilterError(f"weights must be numbers between 0 and {MAX_WEIGHT:g}, got {value!r}")
+    return weights or None
+
+
+def _query_policy(settings: SearchSettings) -> ImagePolicy:
+    # Read per request, so a changed setting applies without a restart; a shopper waits, so one try only.
+    return ImagePolicy(
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        url_timeout=settings.url_timeout,
+        allow_private_urls=settings.allow_private_urls,
+        retries=1,
+    )
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        return is_url(value) and urlsplit(value).scheme.lower() in ("http", "https")
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+
+
+def _require_index(engine: SearchEngine) -> None:
+    if engine.store.schema() is None:
+        raise ApiError(409, "the index is empty: POST /index a catalog first", "empty_index")
+
+
+def _item(engine: SearchEngine, item_id: str) -> Hit:
+    hit = engine.get(item_id)
+    if hit is None:
+        raise ApiError(404, f"no item with id {item_id!r}", "unknown_item")
+    return hit
+
+
+def _image_url(item_id: str) -> str:
+    return f"/items/{quote(item_id, safe='/')}/image"
+
+
+def _media_type(path: Path) -> str:
+    # The content decides, as at indexing time: a file named .jpg may well be a PNG.
+    try:
+        with Image.open(path) as im:
+            return Image.MIME.get(im.format or "", "application/octet-stream")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return "application/octet-stream"
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a NUL byte or an over-long name is simply not a file here
+        return False
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes is over the limit of {limit}", "too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body is over the limit of {limit} bytes", "too_large")
+    return bytes(body)
+
+
+async def _parse_form(request: Request, body: bytes, max_upload: int) -> tuple[dict[str, Any], bytes | None]:
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(max_files=1, max_fields=100)
+    try:
+        fields: dict[str, Any] = {}
+        upload: bytes | None = None
+        for key in set(form.keys()):
+            values = form.getlist(key)
+            if key == "image":
+                if len(values) != 1 or not isinstance(values[0], UploadFile):
+                    raise ApiError(400, "image must be one uploaded file", "image_upload")
+                # One byte past the limit tells a file that is too large from one that fits.
+                upload = await values[0].read(max_upload + 1)
+                continue
+            if any(isinstance(v, UploadFile) for v in values):
+                raise ApiError(400, f"form field {key!r} must be text, not a file", "form")
+            # Browsers send empty inputs as "": that means "not given".
+            texts = [v for v in values if isinstance(v, str) and v != ""]
+            if key == "filters":
+                fields[key] = texts
+            elif texts:
+                fields[key] = texts[-1]
+        return fields, upload
+    finally:
+        await form.close()
+
+
+def _validate(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            exc.errors(include_url=False, include_context=False, include_input=False)
+        ) from None
+
+
+def _validate_json(model: type[BaseModel], body: bytes) -> Any:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            exc.errors(include_url=False, include_context=False, include_input=False)
+        ) from None
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def handler(status: int, code: str):
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc), "error": code}, status_code=status)
+
+        return handle
+
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return JSONResponse({"detail": exc.detail, "error": exc.error}, status_code=exc.status)
+
+    async def image_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ImageError)
+        status = 413 if exc.reason in _SIZE_REASONS else 400
+        return JSONResponse({"detail": str(exc), "error": f"image_{exc.reason}"}, status_code=status)
+
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, JobConflict)
+        body = {"detail": str(exc), "error": "job_running", "job_id": exc.running.id}
+        return JSONResponse(body, status_code=409)
+
+    async def store_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("store error: %s", exc)
+        return JSONResponse({"detail": str(exc), "error": "store"}, status_code=503)
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(ImageError, image_error)
+    app.add_exception_handler(JobConflict, conflict)
+    app.add_exception_handler(StoreError, store_error)
+    app.add_exception_handler(QueryError, handler(400, "query"))
+    app.add_exception_handler(FilterError, handler(400, "filter"))
+    app.add_exception_handler(CatalogError, handler(400, "catalog"))
+    app.add_exception_handler(TagVocabError, handler(400, "tags"))

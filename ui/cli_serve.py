@@ -1,0 +1,33 @@
+"""``lookalike serve``: the REST API (search, items, index jobs) over one index."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from search import QueryError, SearchSettings
+
+from .cli import DataDir, UserError, app, user_errors
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the REST API (OpenAPI docs at /docs). A new data dir is indexed with POST /index."""
+    import uvicorn
+
+    from search.api import app_from_settings
+
+    with user_errors():
+        settings = SearchSettings(**({"data_dir": data_dir} if data_dir else {}))
+        try:
+            api = app_from_settings(settings)
+        except QueryError as exc:
+            raise UserError(str(exc)) from None
+    # One worker process only: the embedded store can be opened by one process at a time.
+    uvicorn.run(api, host=host, port=port, log_level=os.environ.get("LOOKALIKE_LOG_LEVEL", "info").lower())
