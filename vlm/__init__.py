@@ -1,1 +1,50 @@
-"""Vision-language models: visual Q&A, catalog RAG and re-ranking."""
+"""Vision-language models: visual Q&A, catalog RAG with checked citations, and VLM re-ranking.
+
+Backends are chosen by a spec (``LOOKALIKE_VLM``): ``openai:MODEL[@BASE_URL]`` or ``hf:REPO_OR_PATH``.
+"""
+
+from .ask import Answer, AskError, Claim, Source, ask_catalog, ask_images
+from .core import (
+    VLM,
+    Message,
+    TooManyImages,
+    Usage,
+    VLMError,
+    VLMNotConfigured,
+    VLMReply,
+    VLMRequestError,
+    VLMTimeout,
+    fit_image,
+)
+from .factory import make_vlm, vlm_from_settings
+from .parsing import check_citations, extract_json, parse_scores
+from .rerank import VLMReranker, vlm_reranker
+from .settings import VLMSettings, not_configured
+
+__all__ = [
+    "VLM",
+    "Answer",
+    "AskError",
+    "Claim",
+    "Message",
+    "Source",
+    "TooManyImages",
+    "Usage",
+    "VLMError",
+    "VLMNotConfigured",
+    "VLMReply",
+    "VLMRequestError",
+    "VLMReranker",
+    "VLMSettings",
+    "VLMTimeout",
+    "ask_catalog",
+    "ask_images",
+    "check_citations",
+    "extract_json",
+    "fit_image",
+    "make_vlm",
+    "not_configured",
+    "parse_scores",
+    "vlm_from_settings",
+    "vlm_reranker",
+]
