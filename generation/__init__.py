@@ -1,1 +1,35 @@
-"""Generation of "like this but different" variants."""
+"""Generation of "like this but different" variants, and the real products nearest to each."""
+
+from .cache import VariantCache, cache_key
+from .generator import (
+    Generated,
+    Generator,
+    GeneratorError,
+    NonFiniteOutput,
+    RequestError,
+    VaryRequest,
+    check_request,
+    image_digest,
+    make_generator,
+)
+from .settings import FAMILIES, GeneratorSettings
+from .vary import VariantResult, VaryResult, vary
+
+__all__ = [
+    "FAMILIES",
+    "Generated",
+    "Generator",
+    "GeneratorError",
+    "GeneratorSettings",
+    "NonFiniteOutput",
+    "RequestError",
+    "VariantCache",
+    "VariantResult",
+    "VaryRequest",
+    "VaryResult",
+    "cache_key",
+    "check_request",
+    "image_digest",
+    "make_generator",
+    "vary",
+]

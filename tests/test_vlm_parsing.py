@@ -45,7 +45,8 @@ def test_extract_json_keeps_the_complete_part_of_a_cut_off_reply():
 @pytest.mark.parametrize("text", ["", "no json here", "I think p001 is best", "{not: json}", "[1, 2", "}{"])
 def test_extract_json_gives_none_or_a_value_never_raises(text):
     value = extract_json(text)
-    assert value is None or value == [1, 2]
+    # "[1, 2" may have been "[1, 25]": a trailing number of a cut reply is dropped, never trusted.
+    assert value is None or value == [1]
 
 
 @settings(max_examples=150, deadline=None)

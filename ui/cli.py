@@ -38,7 +38,7 @@ app = typer.Typer(
 
 log = logging.getLogger("lookalike")
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Index folder [env LOOKALIKE_DATA_DIR].")]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Index folder (env LOOKALIKE_DATA_DIR).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -80,10 +80,10 @@ def emit(data: Any, as_json: bool, text: str) -> None:
 def index(
     catalog: Annotated[Path, typer.Argument(help="CSV, JSONL or Parquet catalog, or a folder of images.")],
     data_dir: DataDir = None,
-    model: Annotated[str | None, typer.Option("--model", help="CLIP spec [env LOOKALIKE_CLIP_MODEL].")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="CLIP spec (env LOOKALIKE_CLIP_MODEL).")] = None,
     text_model: Annotated[
         str | None,
-        typer.Option("--text-model", help="Sentence-transformers spec [env LOOKALIKE_TEXT_MODEL]."),
+        typer.Option("--text-model", help="Sentence-transformers spec (env LOOKALIKE_TEXT_MODEL)."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="Decode threads.")] = None,
@@ -190,7 +190,7 @@ def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 
 
 # Command modules register themselves on ``app``; imported here so ``lookalike`` has them all.
-from . import cli_ask, cli_search, cli_serve  # noqa: E402,F401
+from . import cli_ask, cli_search, cli_serve, cli_vary  # noqa: E402,F401
 
 
 def _configure_logging() -> None:

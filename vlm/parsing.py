@@ -75,7 +75,12 @@ def _value_at(s: str, start: int) -> Any | None:
     # Cut off: first try keeping a half-written string, then fall back to the last complete value.
     closers = "".join(reversed(stack))
     tail = s[start:].rstrip()
-    attempts = [tail + '"' + closers] if in_string else [tail + closers]
+    if in_string:
+        attempts = [tail + '"' + closers]
+    elif tail.endswith('"'):
+        attempts = [tail + closers]
+    else:
+        attempts = []  # a trailing number or literal may itself be cut ("10" -> "1"): never trust it
     attempts += [s[start:end] + close for end, close in reversed(cuts)]
     for attempt in attempts:
         if attempt.strip() in ("{}", "[]"):
