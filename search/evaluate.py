@@ -73,7 +73,9 @@ def attribute_queries(items: list[dict[str, Any]], per_type: int = 150, seed: in
         by[("cpp", it.get("category"), it.get("pattern"), it.get(colour_key))].add(it["_id"])
     colours = sorted({it[colour_key] for it in items if colour_key in it})
     out: list[EvalQuery] = []
-    pairs = sorted(k for k in by if len(k) == 2 and k[0] != "cat" and len(by[k]) >= K)
+    # Pairs with at least K items, so a perfect ranking scores P@10 = 1 (fewer on tiny catalogs).
+    min_relevant = min(K, max(2, len(items) // 50))
+    pairs = sorted(k for k in by if len(k) == 2 and k[0] != "cat" and len(by[k]) >= min_relevant)
     for category, colour in rng.sample(pairs, min(per_type, len(pairs))):
         out.append(
             EvalQuery(
