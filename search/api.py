@@ -45,6 +45,7 @@ from .engine import SearchEngine
 from .filters import FilterError, parse_filters, parse_weights
 from .jobs import Job, JobConflict, JobRunner
 from .query import Hit, Query, QueryError, SearchSettings
+from .rerank import RerankerFactory
 
 log = logging.getLogger(__name__)
 
@@ -297,15 +298,17 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
     return app
 
 
-def app_from_settings(settings: SearchSettings) -> FastAPI:
-    """The API over the index in ``settings.data_dir``; a new data dir gets the settings' default models."""
+def app_from_settings(settings: SearchSettings, rerankers: dict[str, RerankerFactory] | None = None) -> FastAPI:
+    """The API over the index in ``settings.data_dir``; a new data dir gets the settings' default models.
+
+    ``rerankers`` adds re-rankers by name (e.g. ``{"vlm": ...}`` from the vlm package) to the engine."""
     if IndexManifest.load(settings.data_dir) is not None:
-        engine = SearchEngine(settings)
+        engine = SearchEngine(settings, rerankers=rerankers)
     else:
         log.info("no index in %s yet: loading %s and %s", settings.data_dir, settings.clip_model, settings.text_model)
         models = build_models(settings.clip_model, settings.text_model, resolve_device(settings.device))
         store = open_store(settings.store_spec(), api_key=settings.qdrant_api_key)
-        engine = SearchEngine(settings, store=store, models=models)
+        engine = SearchEngine(settings, store=store, models=models, rerankers=rerankers)
     return create_app(engine, JobRunner(engine), close_on_shutdown=True)
 
 

@@ -190,7 +190,7 @@ def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 
 
 # Command modules register themselves on ``app``; imported here so ``lookalike`` has them all.
-from . import cli_ask, cli_search, cli_serve, cli_ui, cli_vary  # noqa: E402,F401
+from . import cli_ask, cli_demo, cli_search, cli_serve, cli_ui, cli_vary  # noqa: E402,F401
 
 
 def _configure_logging() -> None:

@@ -1,4 +1,4 @@
-"""``lookalike serve``: the REST API (search, items, index jobs) over one index."""
+"""``lookalike serve``: the REST API (search, items, index jobs) over one index, with the web UI at /ui/."""
 
 from __future__ import annotations
 
@@ -17,16 +17,21 @@ def serve(
     data_dir: DataDir = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Also serve the web UI at /ui/.")] = True,
 ) -> None:
-    """Serve the REST API (OpenAPI docs at /docs). A new data dir is indexed with POST /index."""
+    """Serve the REST API (OpenAPI docs at /docs) and the web UI (/ui/). A new data dir is indexed with POST /index."""
     import uvicorn
 
     from search.api import app_from_settings
 
     with user_errors():
-        settings = SearchSettings(**({"data_dir": data_dir} if data_dir else {}))
         try:
-            api = app_from_settings(settings)
+            if ui:
+                from .app import UISettings, create_ui_app
+
+                api = create_ui_app(UISettings(**({"data_dir": data_dir} if data_dir else {})))
+            else:
+                api = app_from_settings(SearchSettings(**({"data_dir": data_dir} if data_dir else {})))
         except QueryError as exc:
             raise UserError(str(exc)) from None
     # One worker process only: the embedded store can be opened by one process at a time.
