@@ -139,7 +139,8 @@ def main() -> None:
                 results[name] = (store_side(store, dims, nq, settings.candidates), end_to_end(engine, nq), load)
             print(f"\n{n:,} items (load + optimize: edge {results['edge'][2]:.1f}s, local {results['local'][2]:.1f}s)")
             print(
-                f"{'query':<10} {'edge store':>15} {'local store':>15} {'ratio p95':>10} {'edge e2e':>15} {'local e2e':>15}"
+                f"{'query':<10} {'edge store':>15} {'local store':>15} {'ratio p95':>10} "
+                f"{'edge e2e':>15} {'local e2e':>15}"
             )
             for kind in ("text", "image", "composed", "filtered"):
                 es, ee = results["edge"][0][kind], results["edge"][1][kind]

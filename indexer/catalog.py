@@ -109,9 +109,7 @@ def read_catalog(path: Path | str, field_kinds: Mapping[str, FieldKind] | None =
         case ".parquet":
             return _read_parquet(path, overrides)
     kinds = ", ".join(FILE_TYPES)
-    raise CatalogError(
-        [f"{path.name}: unsupported catalog type {suffix!r}; use {kinds} or a folder of images"]
-    )
+    raise CatalogError([f"{path.name}: unsupported catalog type {suffix!r}; use {kinds} or a folder of images"])
 
 
 # --------------------------------------------------------------------------- per-format readers
@@ -300,9 +298,7 @@ def _build(
         for key, kind in kinds.items():
             value = row.get(key)
             try:
-                converted = (
-                    _convert_list(value, kind) if isinstance(value, (list, tuple)) else _convert(value, kind)
-                )
+                converted = _convert_list(value, kind) if isinstance(value, (list, tuple)) else _convert(value, kind)
             except ValueError as exc:
                 problems.add(ln, key, str(exc))
                 ok = False
@@ -339,9 +335,7 @@ def _image(value: Any, base_dir: str, ln: int, problems: _Problems) -> str | Non
     if is_url(value):
         scheme = value.split(":", 1)[0].lower()
         if scheme not in ("http", "https"):
-            problems.add(
-                ln, "image", f"unsupported URL scheme {scheme!r} in {value!r}; use http(s) or a path"
-            )
+            problems.add(ln, "image", f"unsupported URL scheme {scheme!r} in {value!r}; use http(s) or a path")
             return None
         return value
     # normpath, not resolve(): symlinked image folders keep the paths the catalog names.

@@ -195,9 +195,7 @@ def build_demo_catalog(out_dir: Path, config: DemoCatalogConfig, progress: Progr
     out_dir = Path(out_dir)
     images, labels = load_fashion_mnist(config.dataset_dir, config.split)
     if config.items > len(images):
-        raise ValueError(
-            f"--items {config.items} is more than the {len(images)} Fashion-MNIST {config.split} images"
-        )
+        raise ValueError(f"--items {config.items} is more than the {len(images)} Fashion-MNIST {config.split} images")
     _claim_dir(out_dir, config)
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     plan = plan_items(config, labels)
@@ -327,7 +325,7 @@ def describe_item(config: DemoCatalogConfig, index: int, item: _Item) -> dict[st
     title = _cap(titles[int(rng.integers(len(titles)))])
     sentences = [
         (
-            f"A {colour} {noun} with a {pat_word} pattern.",
+            f"{_article(colour)} {colour} {noun} with a {pat_word} pattern.",
             f"This {noun} comes in {colour}.",
             f"{_cap(pat_word)} {noun} in {colour}.",
             f"{_article(colour)} {colour} {pat_word} {noun} by {brand}.",

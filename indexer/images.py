@@ -169,11 +169,7 @@ def _is_transient(exc: BaseException) -> bool:
         return False
     if exc.reason in ("timeout", "network"):
         return True
-    return (
-        exc.reason.startswith("http_")
-        and exc.reason[5:].isdigit()
-        and int(exc.reason[5:]) in _TRANSIENT_STATUS
-    )
+    return exc.reason.startswith("http_") and exc.reason[5:].isdigit() and int(exc.reason[5:]) in _TRANSIENT_STATUS
 
 
 def _fetch_once(url: str, policy: ImagePolicy) -> bytes:
@@ -185,9 +181,7 @@ def _fetch_once(url: str, policy: ImagePolicy) -> bytes:
                 raise ImageError(f"http_{resp.status_code}", url, f"HTTP {resp.status_code}")
             declared = resp.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > policy.max_bytes:
-                raise ImageError(
-                    "too_large", url, f"declares {declared} bytes, over the limit of {policy.max_bytes}"
-                )
+                raise ImageError("too_large", url, f"declares {declared} bytes, over the limit of {policy.max_bytes}")
             buf = bytearray()
             for chunk in resp.iter_bytes(_CHUNK):
                 buf += chunk
@@ -197,9 +191,7 @@ def _fetch_once(url: str, policy: ImagePolicy) -> bytes:
                 if time.monotonic() > deadline:
                     raise ImageError("timeout", url, f"download took longer than {policy.url_timeout:g}s")
     except _BlockedAddress as exc:
-        raise ImageError(
-            "private_address", url, f"{exc}; set LOOKALIKE_ALLOW_PRIVATE_URLS=true to allow it"
-        ) from None
+        raise ImageError("private_address", url, f"{exc}; set LOOKALIKE_ALLOW_PRIVATE_URLS=true to allow it") from None
     except httpx.TimeoutException:
         raise ImageError("timeout", url, f"no response within {policy.url_timeout:g}s") from None
     except httpx.TooManyRedirects:
@@ -314,9 +306,7 @@ def decode_image(data: bytes, source: str, policy: ImagePolicy) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageError("decompression_bomb", source, f"refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
-        raise ImageError(
-            "not_an_image", source, "not a recognised image (JPEG, PNG, WebP, GIF, BMP, TIFF)"
-        ) from None
+        raise ImageError("not_an_image", source, "not a recognised image (JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise _decode_failure(exc, source) from None
     try:
@@ -355,9 +345,7 @@ def _check_pixels(im: ImageFile.ImageFile, nbytes: int, source: str, policy: Ima
             source,
             f"{nbytes} bytes declare {width}x{height} pixels (limit {policy.max_pixels}): decompression bomb",
         )
-    raise ImageError(
-        "too_many_pixels", source, f"{width}x{height} pixels is over the limit of {policy.max_pixels}"
-    )
+    raise ImageError("too_many_pixels", source, f"{width}x{height} pixels is over the limit of {policy.max_pixels}")
 
 
 def _upright(im: Image.Image, source: str) -> Image.Image:

@@ -143,6 +143,4 @@ def open_store(spec: str, api_key: str | None = None) -> VectorStore:
 
             return QdrantStore(target, api_key=api_key)
         case _:
-            raise StoreError(
-                f"unknown store spec {spec!r}: use 'edge:PATH' (embedded) or 'qdrant:http://HOST:6333'"
-            )
+            raise StoreError(f"unknown store spec {spec!r}: use 'edge:PATH' (embedded) or 'qdrant:http://HOST:6333'")

@@ -122,9 +122,7 @@ def _vector(schema: StoreSchema, name: str, vec: Any, what: str) -> list[float]:
         raise StoreError(f"{what}: unknown vector {name!r}; the store has {sorted(schema.vectors)}")
     arr = np.asarray(vec, dtype=np.float32)
     if arr.ndim != 1 or arr.shape[0] != schema.vectors[name]:
-        raise StoreError(
-            f"{what}: vector {name!r} has shape {arr.shape}, the store expects ({schema.vectors[name]},)"
-        )
+        raise StoreError(f"{what}: vector {name!r} has shape {arr.shape}, the store expects ({schema.vectors[name]},)")
     if not np.isfinite(arr).all():
         raise StoreError(f"{what}: vector {name!r} holds NaN or infinity")
     return arr.tolist()

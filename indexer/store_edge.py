@@ -128,9 +128,7 @@ class EdgeStore:
     def upsert(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        points = [
-            qe.Point(p.id, p.vectors, p.payload) for p in codec.to_points(records, self._require_schema())
-        ]
+        points = [qe.Point(p.id, p.vectors, p.payload) for p in codec.to_points(records, self._require_schema())]
         # Durable on return without flush(): the engine appends the operation to its write-ahead
         # log before applying it, and the log is replayed on load. A killed process (kill -9) loses
         # nothing the OS already holds; only power loss before the OS writes back can, as with any
@@ -211,9 +209,7 @@ class EdgeStore:
         with_payload = True if selected is None else qe.PayloadSelector.Include(selected)
         offset = None
         while True:
-            request = qe.ScrollRequest(
-                offset=offset, limit=batch, with_payload=with_payload, with_vector=False
-            )
+            request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=with_payload, with_vector=False)
             page, offset = self._call(self._require_shard().scroll, request)
             for r in page:
                 yield codec.to_record(r.payload)

@@ -150,8 +150,7 @@ class QdrantStore:
             self._client.create_collection,
             self.collection,
             vectors_config={
-                name: qm.VectorParams(size=size, distance=qm.Distance.COSINE)
-                for name, size in schema.vectors.items()
+                name: qm.VectorParams(size=size, distance=qm.Distance.COSINE) for name, size in schema.vectors.items()
             },
             metadata={META_KEY: codec.meta_to_json(schema, {})},
             **self._layout(),
@@ -273,9 +272,7 @@ class QdrantStore:
     def count(self, flt: Filter | None = None) -> int:
         if self.schema() is None:
             return 0
-        result = self._call(
-            self._client.count, self.collection, count_filter=codec.to_filter(flt, _MODELS), exact=True
-        )
+        result = self._call(self._client.count, self.collection, count_filter=codec.to_filter(flt, _MODELS), exact=True)
         return result.count
 
     def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
@@ -311,9 +308,7 @@ class QdrantStore:
             with_payload=True,
             with_vectors=with_vectors,
         )
-        return [
-            codec.to_scored(p.score, p.payload, p.vector if with_vectors else None) for p in result.points
-        ]
+        return [codec.to_scored(p.score, p.payload, p.vector if with_vectors else None) for p in result.points]
 
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         if self.schema() is None:

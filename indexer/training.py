@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, dict], None]
 SCRATCH_ARCH = "lookalike-mini"
+CAPTIONS_PER_ITEM = 5  # title, description, both, and two titles with words dropped
 
 
 class TrainError(RuntimeError):
@@ -192,13 +193,28 @@ def load_training_data(config: TrainConfig, preprocess, tokenizer) -> tuple[torc
     if not kept:
         return torch.zeros(0), torch.zeros(0)
     pixels = torch.stack([t for t, _ in kept])
+    rng = random.Random(config.seed)
     texts = []
     for _, item in kept:
         desc = item.description or item.title
-        texts += [item.title, desc, f"{item.title}. {desc}"]
-    captions = tokenizer(texts).reshape(len(kept), 3, -1)
+        texts += [
+            item.title,
+            desc,
+            f"{item.title}. {desc}",
+            _word_dropout(item.title, rng),
+            _word_dropout(item.title, rng),
+        ]
+    captions = tokenizer(texts).reshape(len(kept), CAPTIONS_PER_ITEM, -1)
     log.info("training data: %d images %s, captions %s", len(kept), tuple(pixels.shape[1:]), tuple(captions.shape))
     return pixels, captions
+
+
+def _word_dropout(text: str, rng: random.Random) -> str:
+    """A caption with some words left out ("red striped dress" -> "striped dress"), so the image vector
+    learns each attribute on its own rather than only the whole phrase."""
+    words = text.split()
+    kept = [w for w in words if rng.random() < 0.5] or [rng.choice(words)] if words else []
+    return " ".join(kept) or text
 
 
 def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -28,7 +28,14 @@ from indexer.store import ID_KEY
 from indexer.tags import label_embeddings
 
 from .calibration import Calibration, background_scores, combine, fit_background
-from .composed import ComposedWeights, arithmetic_query, composed_scores, find_attribute
+from .composed import (
+    ComposedWeights,
+    arithmetic_query,
+    composed_scores,
+    find_attribute,
+    image_space_query,
+    label_means,
+)
 from .fusion import fuse, mmr_dedup, penalise
 from .query import Hit, Query, QueryError, SearchSettings
 from .rerank import ClipReranker, NoReranker, Reranker, RerankerFactory, RerankError, rerank_with_budget
@@ -69,6 +76,7 @@ class SearchEngine:
         self.label_sets = [(s.name, s.labels, label_embeddings(models.clip, s)) for s in vocab.sets] if vocab else []
         self.fields = dict(self.store.payload_indexes())
         self._calibration: dict[str, Calibration] | None = None
+        self._means: dict[str, np.ndarray] | None = None
         self._lock = threading.Lock()
         self._rerankers: dict[str, RerankerFactory] = {
             "none": NoReranker,
@@ -87,6 +95,7 @@ class SearchEngine:
             if label_sets is not None:
                 self.label_sets = label_sets
             self._calibration = None
+            self._means = None
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -123,6 +132,20 @@ class SearchEngine:
 
     def similar(self, item_id: str, k: int = 10, filters: Filter | None = None) -> list[Hit]:
         return self.search(Query(like=item_id, k=k, filters=filters or Filter()))
+
+    def attribute_means(self) -> dict[str, np.ndarray]:
+        """Per label set with zero-shot tags in the payload: the mean image vector of each label."""
+        with self._lock:
+            if self._means is None:
+                self._means = {}
+                if self.label_sets:
+                    records = sample_records(self.store, self.settings.calibration_sample)
+                    if records:
+                        images = np.stack([r.vectors["image"] for r in records])
+                        for name, labels, _ in self.label_sets:
+                            tags = [str(r.payload.get(f"tag_{name}", "")) for r in records]
+                            self._means[name] = label_means(images, tags, labels)
+            return self._means
 
     def calibration(self) -> dict[str, Calibration]:
         """Per-channel calibration, fitted on the index and cached next to it."""
@@ -187,9 +210,13 @@ class SearchEngine:
         attribute = find_attribute(query.text, self.label_sets)
         arithmetic = arithmetic_query(reference, modifier, attribute)
         method = query.composed_method or self.settings.composed_method
+        means = self.attribute_means().get(attribute.name) if attribute else None
         pool = max(self.settings.candidates, query.k + query.offset)
         found: dict[str, Any] = {}
         probes = [arithmetic] if method == "arithmetic" else [arithmetic, reference, modifier]
+        if method != "arithmetic" and means is not None:
+            moved = image_space_query(reference, attribute, means)
+            probes += [moved] if moved is not None else []
         for vec in probes:
             for p in self.store.search("image", vec, pool, flt, with_vectors=True):
                 found.setdefault(p.id, p)
@@ -204,7 +231,7 @@ class SearchEngine:
             order_score = images @ arithmetic
             parts: dict[str, np.ndarray] = {"arithmetic": order_score}
         else:
-            scores = composed_scores(reference, images, modifier, attribute, ComposedWeights(), self.scale)
+            scores = composed_scores(reference, images, modifier, attribute, ComposedWeights(), self.scale, means)
             order_score = scores.score
             parts = {"structure": scores.structure, "modifier": scores.modifier}
             if scores.verify is not None:
@@ -346,14 +373,19 @@ class SearchEngine:
         return cal
 
 
-def fit_calibration(store: VectorStore, sample: int) -> dict[str, Calibration]:
-    """Fit each channel's calibration on random pairs of stored items (see calibration.py)."""
+def sample_records(store: VectorStore, sample: int) -> list:
+    """Up to ``sample`` stored records with their vectors and payload."""
     ids = []
     for record in store.scroll(keys=[]):
         ids.append(record.id)
         if len(ids) >= sample:
             break  # point ids are UUIDv5 hashes, so scroll order is already a random sample
-    records = store.retrieve(ids, with_vectors=True)
+    return store.retrieve(ids, with_vectors=True)
+
+
+def fit_calibration(store: VectorStore, sample: int) -> dict[str, Calibration]:
+    """Fit each channel's calibration on random pairs of stored items (see calibration.py)."""
+    records = sample_records(store, sample)
     if len(records) < 20:
         raise StoreError("too few items to calibrate scores")
     vec = {name: np.stack([r.vectors[name] for r in records]) for name in ("image", "text", "semantic")}
