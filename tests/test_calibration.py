@@ -165,9 +165,7 @@ def test_background_scores_are_cosines_and_seeded():
     assert a.shape == (300,) and (np.abs(a) <= 1 + 1e-12).all()
     # Unnormalised input is normalised: the scores match those of the normalised vectors.
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    np.testing.assert_allclose(
-        a, background_scores(qn, v / np.linalg.norm(v, axis=1, keepdims=True), 300, seed=7)
-    )
+    np.testing.assert_allclose(a, background_scores(qn, v / np.linalg.norm(v, axis=1, keepdims=True), 300, seed=7))
 
 
 def test_background_scores_bad_input():

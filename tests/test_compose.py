@@ -177,10 +177,7 @@ def test_app_commands_and_ports(services):
     assert ui[0] == "ui" and _flag(ui, "--host") == "0.0.0.0"
     assert _published(services["ui"]) == {_flag(ui, "--port")} == {"7860"}
     for name in APPS:
-        assert (
-            _flag(_command(services[name]), "--data-dir")
-            == services[name]["environment"]["LOOKALIKE_DATA_DIR"]
-        )
+        assert _flag(_command(services[name]), "--data-dir") == services[name]["environment"]["LOOKALIKE_DATA_DIR"]
 
 
 def test_indexer_is_a_one_shot_under_a_profile(services):

@@ -157,9 +157,7 @@ def test_unweighted_rrf_matches_qdrant(channels, k):
     ours = {h.id: h.score for h in weighted_rrf(channels, dict.fromkeys(channels, 1.0), k=k)}
     numeric = _to_numeric(channels)
     # Qdrant counts positions from 0: its 1 / (k' + position) is ours with k' = k + 1.
-    ref = reciprocal_rank_fusion(
-        [_as_qdrant(r) for r in numeric.values()], limit=100, ranking_constant_k=k + 1
-    )
+    ref = reciprocal_rank_fusion([_as_qdrant(r) for r in numeric.values()], limit=100, ranking_constant_k=k + 1)
     assert {ID_POOL[p.id]: p.score for p in ref} == pytest.approx(ours, rel=1e-9)
 
 

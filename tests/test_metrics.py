@@ -47,9 +47,7 @@ def test_short_lists_count_gaps_as_misses():
 def test_repeated_ids_count_once():
     assert precision_at_k(["a", "a", "a"], {"a"}, 3) == pytest.approx(1 / 3)
     assert recall_at_k(["a", "a"], {"a", "b"}, 2) == 0.5
-    assert ndcg_at_k(["a", "a", "b"], {"a", "b"}, 3) == pytest.approx(
-        (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
-    )
+    assert ndcg_at_k(["a", "a", "b"], {"a", "b"}, 3) == pytest.approx((1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3)))
 
 
 def test_bad_input():

@@ -295,9 +295,7 @@ class TestContract:
         assert store.count() == N
 
     def test_numpy_payload_values(self, store):
-        store.upsert(
-            [Record("np", {"price": np.float32(2.5), "stock": np.int64(4)}, {"image": image_vec(1)})]
-        )
+        store.upsert([Record("np", {"price": np.float32(2.5), "stock": np.int64(4)}, {"image": image_vec(1)})])
         got = store.retrieve(["np"])[0].payload
         assert got["price"] == 2.5 and got["stock"] == 4
         assert store.count(Filter(must=(Condition("price", "eq", np.float64(2.5)),))) == 1
