@@ -122,6 +122,7 @@ def train_clip(config: TrainConfig, progress: ProgressFn | None = None) -> Train
     schedule = cosine_lr(optimizer, lr, min(config.warmup_steps, total_steps // 4), total_steps)
     loss_fn = open_clip.ClipLoss()
 
+    config.out.parent.mkdir(parents=True, exist_ok=True)
     state_path = config.out.with_name(config.out.name + ".state")
     step = _resume(state_path, config, model, optimizer)
     resumed_from = step
@@ -153,7 +154,6 @@ def train_clip(config: TrainConfig, progress: ProgressFn | None = None) -> Train
             _save_state(state_path, config, model, optimizer, step)
 
     model.eval()
-    config.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = config.out.with_name(config.out.name + ".tmp")
     torch.save({"state_dict": model.state_dict()}, tmp)
     os.replace(tmp, config.out)

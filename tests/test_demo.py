@@ -116,8 +116,10 @@ def test_two_step_train_gives_a_checkpoint_that_loads_through_the_encoder_spec(
 ):
     from indexer import make_encoder
 
-    out = tmp_path / "model.pt"
-    report = train_clip(TrainConfig(catalog=small_catalog, out=out, model="lookalike-tiny", epochs=1, batch_size=24))
+    out = tmp_path / "models" / "model.pt"  # a folder that does not exist yet
+    report = train_clip(
+        TrainConfig(catalog=small_catalog, out=out, model="lookalike-tiny", epochs=1, batch_size=24, save_every=1)
+    )
     assert report.steps == 2 and out.is_file() and report.spec == f"openclip:lookalike-tiny/{out}"
     assert np.isfinite(report.final_loss)
     encoder = make_encoder(report.spec, cpu)

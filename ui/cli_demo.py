@@ -23,7 +23,7 @@ from indexer.training import TrainConfig, TrainError, train_clip
 
 from .cli import AsJson, Quiet, UserError, app, emit, user_errors
 
-DEMO_EPOCHS = 6
+DEMO_EPOCHS = 4
 DEMO_EXAMPLES = (
     ("red striped dress", {}),
     ("blue sneaker", {"filters": ["price<60"]}),
