@@ -185,3 +185,12 @@ def test_eval_end_to_end_on_a_small_index(small_catalog, tmp_path, tiny_clip_spe
     qfile.write_text("{not json\n")
     result = runner.invoke(app, ["eval", str(data), "--queries", str(qfile), "-q"])
     assert result.exit_code == 2 and "queries.jsonl:1" in result.output
+
+
+def test_demo_starts_the_ui_command():
+    """`make demo` ends in the UI: the command it calls must exist with the arguments it passes."""
+    import inspect
+
+    from ui.cli_ui import ui_command
+
+    assert {"data_dir", "host", "port"} <= set(inspect.signature(ui_command).parameters)

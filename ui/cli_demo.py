@@ -152,11 +152,11 @@ def demo(
 
 def _start_ui(data_dir: Path, host: str, port: int) -> None:
     try:
-        from .cli_ui import ui
-    except ImportError:
-        typer.echo("(the UI is not installed; search with `lookalike search --data-dir ...`)")
+        from .cli_ui import ui_command
+    except ImportError as exc:  # gradio is an optional extra
+        typer.echo(f"(the UI needs the [ui] extra: {exc}; search with `lookalike search --data-dir {data_dir}`)")
         return
-    ui(data_dir=data_dir, host=host, port=port)
+    ui_command(data_dir=data_dir, host=host, port=port)
 
 
 def _step(n: int, text: str) -> None:
