@@ -36,7 +36,7 @@ from .composed import (
     image_space_query,
     label_means,
 )
-from .fusion import fuse, mmr_dedup, penalise
+from .fusion import FusedHit, fuse, mmr_dedup, penalise
 from .query import Hit, Query, QueryError, SearchSettings
 from .rerank import ClipReranker, NoReranker, Reranker, RerankerFactory, RerankError, rerank_with_budget
 
@@ -268,8 +268,6 @@ class SearchEngine:
         cal = self.calibration()
         similarity = cal["text>image"].apply(images @ neg) if cal else images @ neg
         fused_max = max(max(h.explanation.get("fused", h.score) for h in hits), 1e-12)
-        from .fusion import FusedHit
-
         # penalise works on one scale: fused scores are rescaled to 0-1 to meet calibrated similarity.
         as_fused = [FusedHit(h.id, h.explanation.get("fused", h.score) / fused_max, {}) for h in hits]
         kept = penalise(
