@@ -101,9 +101,17 @@ def text_only(page) -> None:
 
     page.get_by_text("More options").click()
     number = page.locator("#shop-weight input[type=number]")
-    number.fill("0")
-    number.press("Tab")
-    expect(page.locator("#shop-weight input[type=range]")).to_have_value("0")
+    slider = page.locator("#shop-weight input[type=range]")
+    # Right after a tab switch the panel may still be mounting and drop the first edit; edit until it sticks.
+    for _ in range(5):
+        number.fill("0")
+        number.press("Tab")
+        try:
+            expect(slider).to_have_value("0", timeout=2_000)
+            break
+        except AssertionError:
+            continue
+    expect(slider).to_have_value("0")
     page.get_by_text("More options").click()
 
 
