@@ -2,7 +2,7 @@
 
 from .engine import SearchEngine
 from .filters import FilterError, parse_filters, parse_weights
-from .query import Hit, Query, QueryError, SearchSettings
+from .query import Hit, Query, QueryError, SearchSettings, ServerPathError, resolve_server_path
 from .rerank import Reranker, RerankError
 
 __all__ = [
@@ -14,6 +14,8 @@ __all__ = [
     "Reranker",
     "SearchEngine",
     "SearchSettings",
+    "ServerPathError",
     "parse_filters",
     "parse_weights",
+    "resolve_server_path",
 ]

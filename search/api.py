@@ -44,7 +44,7 @@ from indexer.images import decode_upload, is_url, load_image
 from .engine import SearchEngine
 from .filters import FilterError, parse_filters, parse_weights
 from .jobs import Job, JobConflict, JobRunner
-from .query import Hit, Query, QueryError, SearchSettings
+from .query import Hit, Query, QueryError, SearchSettings, ServerPathError, resolve_server_path
 from .rerank import RerankerFactory
 
 log = logging.getLogger(__name__)
@@ -263,10 +263,14 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
     @app.post("/index", status_code=202, response_model=JobAccepted, responses=_errors(400, 409))
     def start_index(req: IndexRequest) -> JobAccepted:
         """Index (or re-index) a catalog on the server in the background; poll ``GET /jobs/{id}``."""
+        paths = {}
         for name, value in (("catalog", req.catalog), ("tags", req.tags)):
-            if value is not None and not _exists(value):
-                raise ApiError(400, f"{name} {value!r} does not exist on the server", f"{name}_not_found")
-        job = jobs.submit(req.catalog, prune=req.prune, tags=req.tags)
+            if value is not None:
+                try:
+                    paths[name] = str(resolve_server_path(value, settings.catalog_root, name))
+                except ServerPathError as exc:
+                    raise ApiError(400, str(exc), exc.code) from None
+        job = jobs.submit(paths["catalog"], prune=req.prune, tags=paths.get("tags"))
         return JobAccepted(job_id=job.id, status=job.status, url=f"/jobs/{job.id}")
 
     @app.get("/jobs", response_model=list[Job])
@@ -402,13 +406,6 @@ def _media_type(path: Path) -> str:
             return Image.MIME.get(im.format or "", "application/octet-stream")
     except (OSError, ValueError, Image.DecompressionBombError):
         return "application/octet-stream"
-
-
-def _exists(path: str) -> bool:
-    try:
-        return Path(path).exists()
-    except (OSError, ValueError):  # a NUL byte or an over-long name is simply not a file here
-        return False
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -283,6 +283,24 @@ def test_other_bad_requests(api, tmp_path):
     assert client.get("/jobs").json() == []
 
 
+def test_index_paths_are_fenced_to_the_catalog_root(api, tmp_path, monkeypatch):
+    client, catalog_dir, engine = api
+    fence = tmp_path / "catalogs"
+    fence.mkdir()
+    monkeypatch.setattr(engine.settings, "catalog_root", fence)
+    for body in ({"catalog": "/etc/passwd"}, {"catalog": str(fence / ".." / "x.csv")}, {"catalog": str(catalog_dir)}):
+        r = client.post("/index", json=body)
+        assert r.status_code == 400 and r.json()["error"] == "path_outside_root", r.text
+        assert "outside" in r.json()["detail"]
+    inside = fence / "c.csv"
+    inside.write_text("id,image\n1,a.jpg\n")
+    r = client.post("/index", json={"catalog": str(inside), "tags": "/etc/hosts"})
+    assert r.status_code == 400 and r.json()["error"] == "path_outside_root" and "tags" in r.json()["detail"]
+    r = client.post("/index", json={"catalog": str(fence / "missing.csv")})
+    assert r.status_code == 400 and r.json()["error"] == "catalog_not_found"
+    assert client.get("/jobs").json() == []  # nothing was started
+
+
 # -- fuzzing the OpenAPI schema -------------------------------------------------------------------------
 
 

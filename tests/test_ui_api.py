@@ -370,7 +370,7 @@ def test_uploads_may_not_name_other_server_files_and_server_paths_can_be_fenced(
     with pytest.raises(UploadError, match=r"sneaky.csv:2: image .* is not in the upload[\s\S]*sneaky.csv:3"):
         stage_catalog(str(sneaky), None, uploads, settings)
     assert list(uploads.iterdir()) == []  # the refused upload is not kept
-    fenced = UISettings(data_dir=tmp_path / "data", ui_catalog_root=tmp_path / "catalogs")
+    fenced = UISettings(data_dir=tmp_path / "data", catalog_root=tmp_path / "catalogs")
     with pytest.raises(UploadError, match="outside .*catalogs"):
         stage_catalog(None, str(sneaky), uploads, fenced)
     (tmp_path / "catalogs").mkdir()

@@ -51,9 +51,6 @@ class UISettings(SearchSettings):
     ui_max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="Largest catalog upload.")
     ui_zip_max_entries: int = Field(100_000, ge=1, description="Most files a catalog zip may hold.")
     ui_zip_max_bytes: int = Field(4 * 1024**3, ge=1024, description="Most bytes a catalog zip may unpack to.")
-    ui_catalog_root: Path | None = Field(
-        None, description="When set, catalogs given by server path must be inside this folder (uploads always work)."
-    )
     ui_facet_max_values: int = Field(40, ge=2, le=1000, description="Keyword fields with more values get no picker.")
     ui_search_concurrency: int = Field(4, ge=1, le=64, description="Searches run at once; more wait in the queue.")
     ui_heavy_concurrency: int = Field(1, ge=1, le=16, description="VLM questions and generations run at once.")

@@ -19,7 +19,7 @@ import gradio as gr
 from indexer import Condition, Filter, IndexManifest, VectorStore, read_catalog
 from indexer.catalog import FILE_TYPES, IMAGE_EXTENSIONS
 from indexer.images import is_url
-from search import FilterError, SearchEngine
+from search import FilterError, SearchEngine, ServerPathError, resolve_server_path
 from search.jobs import ACTIVE, Job
 
 from .app import UISettings, UploadError, friendly
@@ -158,13 +158,10 @@ def stage_catalog(upload: str | None, server_path: str | None, uploads: Path, se
             shutil.rmtree(target, ignore_errors=True)
             raise
     if server_path and server_path.strip():
-        path = Path(server_path.strip()).expanduser()
-        root = settings.ui_catalog_root
-        if root is not None and not path.resolve().is_relative_to(Path(root).resolve()):
-            raise UploadError(f"{server_path.strip()} is outside {root}, the folder server-side catalogs must be in")
-        if not path.exists():
-            raise UploadError(f"{server_path.strip()} does not exist on the server")
-        return path
+        try:
+            return resolve_server_path(server_path, settings.catalog_root)
+        except ServerPathError as exc:
+            raise UploadError(str(exc)) from None
     raise UploadError("Upload a catalog file (CSV, JSONL, Parquet or a zip with images), or give a path on the server.")
 
 
