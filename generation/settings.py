@@ -68,6 +68,9 @@ class GeneratorSettings(Settings):
     guidance_scale: float | None = Field(None, ge=0, le=30, description="Default: the family's.")
     gen_resolution: int | None = Field(None, ge=64, description="Longest side of a variant; default: the family's.")
     max_variants: int = Field(8, ge=1, le=64)
+    gen_cache_max_bytes: int = Field(
+        2 * 1024**3, ge=1024**2, description="Disk the variant cache may use; least recently used entries go first."
+    )
     max_steps: int = Field(50, ge=1, le=500)
     max_resolution: int = Field(1024, ge=64, le=4096)
     safety_checker: bool = Field(

@@ -205,14 +205,14 @@ def build_demo_catalog(out_dir: Path, config: DemoCatalogConfig, progress: Progr
         path = out_dir / row["image"]
         if not (path.is_file() and path.stat().st_size > 0):
             img = render_item(images[item.source], item, config.image_size)
-            tmp = path.with_name(path.name + ".tmp")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two builds of one folder must not collide
             img.save(tmp, format="PNG", compress_level=3)
             os.replace(tmp, path)
         rows.append(row)
         if progress is not None:
             progress(i + 1, len(plan))
     catalog = out_dir / CATALOG_FILE
-    tmp = catalog.with_name(catalog.name + ".tmp")
+    tmp = catalog.with_name(f"{catalog.name}.{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

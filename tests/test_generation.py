@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -159,6 +161,22 @@ def test_second_request_is_served_from_the_cache(generator, tmp_path):
         assert not vary(counting, changed, cache=cache).cached
     assert counting.calls == 4
     assert second.settings["seed"] == 3 and second.settings["models"]["base"].startswith("base@")
+
+
+def test_the_cache_evicts_the_least_recently_used_entries_past_its_limit(generator, tmp_path):
+    probe = VariantCache(tmp_path / "probe")
+    vary(generator, request(seed=30, n=1), cache=probe)
+    entry_bytes = sum(f.stat().st_size for f in next((tmp_path / "probe").glob("*/*")).iterdir())
+    cache = VariantCache(tmp_path / "variants", max_bytes=int(entry_bytes * 2.5))  # room for two entries
+    first = vary(generator, request(seed=31, n=1), cache=cache)
+    second = vary(generator, request(seed=32, n=1), cache=cache)
+    time.sleep(0.05)  # mtime resolution
+    assert vary(generator, request(seed=31, n=1), cache=cache).cached  # the first is now the most recent
+    time.sleep(0.05)
+    vary(generator, request(seed=33, n=1), cache=cache)  # over the limit: the second goes
+    assert first.variants[0].path.is_file() and not second.variants[0].path.exists()
+    assert len(list((tmp_path / "variants").glob("*/*/meta.json"))) == 2
+    assert not vary(generator, request(seed=32, n=1), cache=cache).cached
 
 
 def test_a_half_written_cache_entry_is_a_miss(generator, tmp_path):

@@ -206,7 +206,7 @@ def build_create_tab(services: Services, shop: ShopView, tabs: Any) -> StudioVie
             generator,
             request,
             engine=searchable,
-            cache=VariantCache(Path(services.settings.data_dir) / "variants"),
+            cache=VariantCache.from_settings(services.gen_settings),
             k=services.gen_settings.lookalikes,
             exclude_id=exclude,
         )

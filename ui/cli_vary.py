@@ -78,7 +78,7 @@ def vary_command(
                 gen,
                 request,
                 engine=engine,
-                cache=VariantCache(settings.data_dir / "variants"),
+                cache=VariantCache.from_settings(settings),
                 k=k or settings.lookalikes,
                 exclude_id=item_id,
             )
