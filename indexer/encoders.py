@@ -176,7 +176,7 @@ class OpenClipEncoder:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         tokens = self._tokenizer(list(texts)).to(self.device.device)
-        return _normalise(self.model.encode_text(tokens))
+        return _normalise(encode_text_trimmed(self.model, tokens))
 
 
 class SentenceTransformerEncoder:
@@ -270,6 +270,31 @@ def _dir_digest(path: Path) -> str:
             h.update(str(f.stat().st_size).encode())
             h.update(file_digest(f).encode())
     return h.hexdigest()[:12]
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text`` on tokens cut after the batch's last end-of-text token.
+
+    With a causal mask and end-of-text pooling, no position after a text's end-of-text token reaches its pooled
+    output, so the padding can go: the vectors are the same, for a fraction of the work (product texts fill
+    20-40 of CLIP's 77 positions, search queries under 10). Other text towers run as they are."""
+    import open_clip
+    from open_clip.transformer import text_global_pool
+
+    if not (
+        isinstance(model, open_clip.CLIP)
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(model, "attn_mask", None) is not None
+    ):
+        return model.encode_text(tokens)
+    n = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :n]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = text_global_pool(model.ln_final(x), tokens, "argmax")
+    proj = model.text_projection
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
 def _has_text_proj(model: torch.nn.Module) -> bool:

@@ -194,3 +194,21 @@ def _progress_counts(stderr: bytes) -> list[int]:
         if line.startswith(b"indexing"):
             counts += [int(x.split(b"/")[0]) for x in line.split() if re.fullmatch(rb"\d+/\d+", x)]
     return counts
+
+
+def test_trimmed_text_encoding_matches_open_clip(models):
+    """Cutting the padding after the last end-of-text token changes no CLIP text vector."""
+    import torch
+
+    from indexer.encoders import encode_text_trimmed
+
+    clip = models.clip
+    texts = ["red", "a yellow striped dress with long sleeves, cotton, by Kestrel", ""]
+    tokens = clip._tokenizer(texts)
+    assert int(tokens.argmax(-1).max()) + 1 < tokens.shape[1]  # there is padding to cut
+    with torch.inference_mode():
+        full = clip.model.encode_text(tokens)
+        trimmed = encode_text_trimmed(clip.model, tokens)
+        alone = torch.cat([encode_text_trimmed(clip.model, clip._tokenizer([t])) for t in texts])
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(alone, full, atol=1e-5, rtol=1e-4)
