@@ -51,7 +51,7 @@ class TrainConfig:
     model: str = SCRATCH_ARCH  # an architecture (from scratch) or openclip:ARCH/WEIGHTS (fine-tune)
     epochs: int = 8
     batch_size: int = 256
-    lr: float | None = None  # default: 1e-3 from scratch, 1e-5 fine-tuning
+    lr: float | None = None  # default: 2e-3 from scratch, 1e-5 fine-tuning
     weight_decay: float = 0.1
     warmup_steps: int = 50
     seed: int = 0
@@ -117,7 +117,7 @@ def train_clip(config: TrainConfig, progress: ProgressFn | None = None) -> Train
     batch = min(config.batch_size, n)
     steps_per_epoch = max(1, n // batch)
     total_steps = steps_per_epoch * config.epochs
-    lr = config.lr if config.lr is not None else (1e-3 if pretrained is None else 1e-5)
+    lr = config.lr if config.lr is not None else (2e-3 if pretrained is None else 1e-5)
     optimizer = _optimizer(model, lr, config.weight_decay)
     schedule = cosine_lr(optimizer, lr, min(config.warmup_steps, total_steps // 4), total_steps)
     loss_fn = open_clip.ClipLoss()

@@ -23,7 +23,7 @@ from indexer.training import TrainConfig, TrainError, train_clip
 
 from .cli import AsJson, Quiet, UserError, app, emit, user_errors
 
-DEMO_EPOCHS = 4
+DEMO_EPOCHS = 10
 DEMO_EXAMPLES = (
     ("red striped dress", {}),
     ("blue sneaker", {"filters": ["price<60"]}),
@@ -71,7 +71,7 @@ def train(
     ] = "lookalike-mini",
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = DEMO_EPOCHS,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 256,
-    lr: Annotated[float | None, typer.Option("--lr", help="Default 1e-3 from scratch, 1e-5 fine-tuning.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Default 2e-3 from scratch, 1e-5 fine-tuning.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     quiet: Quiet = False,
     as_json: AsJson = False,
