@@ -25,7 +25,9 @@ class SearchSettings(Settings):
     semantic_share: float = Field(0.5, ge=0, le=1, description="Part of the text weight on the MiniLM vector.")
     candidates: int = Field(100, ge=10, le=5000, description="Candidates fetched per channel.")
     max_k: int = Field(100, ge=1, le=1000)
-    dedup_threshold: float = Field(0.985, gt=0, le=1)
+    dedup_threshold: float = Field(
+        0.999, gt=0, le=1, description="Image cosine at which two results count as one photo listed twice."
+    )
     negative_weight: float = Field(0.5, ge=0)
     negative_threshold: float = Field(0.9, gt=0, le=1, description="Calibrated match to a negative that drops.")
     composed_method: Literal["structured", "arithmetic"] = "structured"
