@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -88,7 +89,7 @@ def test_json_text_search(api):
     assert 1 <= len(body["hits"]) <= 5
     for hit in body["hits"]:
         assert 0 <= hit["score"] <= 1
-        assert hit["image_url"] == f"/items/{hit['id']}/image"
+        assert hit["image_url"] == f"/items/{quote(hit['id'])}/image"
         assert "_id" not in hit["payload"] and "_hash" not in hit["payload"]
         assert set(hit["explanation"]["channels"]) == {"image", "text", "semantic"}
     paged = client.post("/search", json={"text": "red dress", "k": 2, "offset": 2, "dedup": False}).json()["hits"]

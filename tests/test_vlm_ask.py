@@ -213,4 +213,6 @@ def test_cli_search_rerank_vlm(cli, chat, data_dir):
     assert len(hits) == 3 and all(
         h["explanation"]["rerank"] == {"method": "vlm", "fallback": "invalid reply"} for h in hits
     )
-    assert len(chat.requests) == 1
+    asked = [re.search(r"Score all \d+ candidates \(([^)]*)\)", json.dumps(r)).group(1) for r in chat.requests]
+    ids = [i for chunk in asked for i in chunk.split(", ")]
+    assert ids and len(ids) == len(set(ids))  # each candidate asked about once: an invalid reply is not retried
