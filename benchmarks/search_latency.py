@@ -115,6 +115,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--local-queries", type=int, default=20, help="Queries against the slow local mode.")
     ap.add_argument("--model", default="openclip:lookalike-mini/random")
+    ap.add_argument(
+        "--local-max-items",
+        type=int,
+        default=100_000,
+        help="Skip local mode above this size (filling it takes minutes per 10k items past 20k).",
+    )
     args = ap.parse_args()
 
     from qdrant_client import QdrantClient
@@ -124,10 +130,9 @@ def main() -> None:
     print(f"vectors: {dims}; p50 / p95 in ms; {args.queries} queries (local mode: {args.local_queries})")
     for n in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            stores = {
-                "edge": open_store(f"edge:{Path(tmp) / 'store'}"),
-                "local": QdrantStore.from_client(QdrantClient(":memory:")),
-            }
+            stores = {"edge": open_store(f"edge:{Path(tmp) / 'store'}")}
+            if n <= args.local_max_items:
+                stores["local"] = QdrantStore.from_client(QdrantClient(":memory:"))
             results = {}
             for name, store in stores.items():
                 t0 = time.perf_counter()
@@ -137,18 +142,21 @@ def main() -> None:
                 settings = SearchSettings(data_dir=Path(tmp) / name)
                 engine = SearchEngine(settings, store=store, models=models)
                 results[name] = (store_side(store, dims, nq, settings.candidates), end_to_end(engine, nq), load)
-            print(f"\n{n:,} items (load + optimize: edge {results['edge'][2]:.1f}s, local {results['local'][2]:.1f}s)")
+            local = results.get("local")
+            loads = f"edge {results['edge'][2]:.1f}s, local " + (f"{local[2]:.1f}s" if local else "skipped")
+            print(f"\n{n:,} items (load + optimize: {loads})")
             print(
                 f"{'query':<10} {'edge store':>15} {'local store':>15} {'ratio p95':>10} "
                 f"{'edge e2e':>15} {'local e2e':>15}"
             )
             for kind in ("text", "image", "composed", "filtered"):
                 es, ee = results["edge"][0][kind], results["edge"][1][kind]
-                ls, le = results["local"][0][kind], results["local"][1][kind]
-                print(
-                    f"{kind:<10} {es[0]:6.1f} / {es[1]:6.1f} {ls[0]:6.1f} / {ls[1]:6.1f} {ls[1] / es[1]:9.1f}x "
-                    f"{ee[0]:6.1f} / {ee[1]:6.1f} {le[0]:6.1f} / {le[1]:6.1f}"
-                )
+                if local:
+                    ls, le = local[0][kind], local[1][kind]
+                    rest = f"{ls[0]:6.1f} / {ls[1]:6.1f} {ls[1] / es[1]:9.1f}x", f"{le[0]:6.1f} / {le[1]:6.1f}"
+                else:
+                    rest = f"{'-':>15} {'-':>10}", f"{'-':>15}"
+                print(f"{kind:<10} {es[0]:6.1f} / {es[1]:6.1f} {rest[0]} {ee[0]:6.1f} / {ee[1]:6.1f} {rest[1]}")
             for store in stores.values():
                 store.close()
 
