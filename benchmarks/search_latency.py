@@ -7,7 +7,7 @@ For each store it prints p50/p95 of
 - end to end: SearchEngine.search() including CLIP text encoding (lookalike-mini architecture; pass
   --model openclip:lookalike-mini/CKPT for the trained demo model: the speed is the same).
 
-    python benchmarks/search_latency.py [--sizes 10000 100000] [--queries 100]
+    python benchmarks/search_latency.py [--sizes 10000 100000] [--queries 100] [--local-max-items 20000]
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def main() -> None:
     ap.add_argument(
         "--local-max-items",
         type=int,
-        default=100_000,
-        help="Skip local mode above this size (filling it takes minutes per 10k items past 20k).",
+        default=20_000,
+        help="Skip local mode above this size (qdrant-client's own limit; filling it takes minutes per 10k past it).",
     )
     args = ap.parse_args()
 
