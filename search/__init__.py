@@ -2,7 +2,8 @@
 
 from .engine import SearchEngine
 from .filters import FilterError, parse_filters, parse_weights
-from .query import Hit, Query, QueryError, SearchSettings, ServerPathError, resolve_server_path
+from .jobs import ServerPathError, resolve_server_path
+from .query import Hit, Query, QueryError, SearchSettings
 from .rerank import Reranker, RerankError
 
 __all__ = [

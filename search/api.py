@@ -43,8 +43,8 @@ from indexer.images import decode_upload, is_url, load_image
 
 from .engine import SearchEngine
 from .filters import FilterError, parse_filters, parse_weights
-from .jobs import Job, JobConflict, JobRunner
-from .query import Hit, Query, QueryError, SearchSettings, ServerPathError, resolve_server_path
+from .jobs import Job, JobConflict, JobRunner, ServerPathError, resolve_server_path
+from .query import Hit, Query, QueryError, SearchSettings
 from .rerank import RerankerFactory
 
 log = logging.getLogger(__name__)

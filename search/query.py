@@ -44,31 +44,6 @@ class QueryError(ValueError):
     """A query that cannot be run as given."""
 
 
-class ServerPathError(ValueError):
-    """A server-side path a client named that does not exist or is outside ``catalog_root``."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def resolve_server_path(value: str, root: Path | None, what: str = "catalog") -> Path:
-    """The server file a client (REST ``POST /index``, the UI's server-path box) asked for, fenced to ``root``."""
-    try:
-        path = Path(value.strip()).expanduser()
-        resolved = path.resolve()
-        exists = path.exists()
-    except (OSError, ValueError, RuntimeError):  # a NUL byte, an over-long name or a link loop is not a file here
-        raise ServerPathError(f"{what} {value!r} is not a usable path", f"{what}_not_found") from None
-    if root is not None and not resolved.is_relative_to(Path(root).expanduser().resolve()):
-        raise ServerPathError(
-            f"{what} {value!r} is outside {root}, the folder server-side catalogs must be in", "path_outside_root"
-        )
-    if not exists:
-        raise ServerPathError(f"{what} {value!r} does not exist on the server", f"{what}_not_found")
-    return path
-
-
 @dataclass
 class Query:
     text: str | None = None

@@ -92,6 +92,19 @@ def error_message(exc: BaseException) -> str:
     return html.escape(text, quote=False).replace("\n", "<br>")
 
 
+def product_gallery(label: str, columns: int = 6, **kwargs: Any) -> gr.Gallery:
+    """A grid of product thumbnails as every tab shows them: fixed columns, natural height, no lightbox."""
+    return gr.Gallery(
+        label=label,
+        columns=columns,
+        height="auto",
+        fit_columns=False,
+        allow_preview=False,
+        elem_classes="lk-grow",
+        **kwargs,
+    )
+
+
 def friendly(fn: Callable[..., T]) -> Callable[..., T]:
     """Turn the known errors of a handler into gr.Error messages; never show a traceback."""
 

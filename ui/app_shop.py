@@ -13,7 +13,7 @@ from indexer.images import decode_upload
 from search import Hit, Query
 from vlm import VLMNotConfigured, not_configured
 
-from .app import friendly
+from .app import friendly, product_gallery
 
 if TYPE_CHECKING:
     from .app import Services
@@ -178,18 +178,7 @@ def build_shop_tab(services: Services) -> ShopView:
                     label="Like this but…", placeholder="in blue", elem_id="shop-change", submit_btn="Go"
                 )
                 explanation = gr.Markdown(visible=False, elem_id="shop-explanation")
-    gallery = gr.Gallery(
-        label="Results",
-        columns=6,
-        height="auto",
-        fit_columns=False,
-        allow_preview=False,
-        object_fit="contain",
-        elem_id="shop-results",
-        elem_classes="lk-grow",
-        buttons=[],
-        show_label=False,
-    )
+    gallery = product_gallery("Results", object_fit="contain", elem_id="shop-results", buttons=[], show_label=False)
     hits = gr.JSON(visible=False)
     selected = gr.Textbox(visible=False, label="Item id")
 

@@ -13,7 +13,7 @@ import gradio as gr
 from indexer import Filter, ImagePolicy
 from indexer.images import decode_upload, load_image
 
-from .app import friendly
+from .app import friendly, product_gallery
 from .app_shop import caption
 
 if TYPE_CHECKING:
@@ -82,15 +82,7 @@ def build_ask_tab(services: Services, shop: ShopView) -> StudioView:
     )
     go = gr.Button("Ask", variant="primary", elem_id="ask-go")
     answer_box = gr.Markdown(elem_id="ask-answer")
-    cited = gr.Gallery(
-        label="Cited",
-        columns=6,
-        height="auto",
-        fit_columns=False,
-        allow_preview=False,
-        elem_id="ask-cited",
-        elem_classes="lk-grow",
-    )
+    cited = product_gallery("Cited", elem_id="ask-cited")
 
     def choose(kind: str) -> tuple[Any, Any, Any]:
         return (
@@ -176,14 +168,7 @@ def build_create_tab(services: Services, shop: ShopView, tabs: Any) -> StudioVie
             )
             with gr.Column(scale=2, min_width=240):
                 scores = gr.Markdown()
-                nearest = gr.Gallery(
-                    label="Nearest real products",
-                    columns=3,
-                    height="auto",
-                    fit_columns=False,
-                    allow_preview=False,
-                    elem_classes="lk-grow",
-                )
+                nearest = product_gallery("Nearest real products", columns=3)
         slots.append((row, image, scores, nearest))
 
     def create(product_id: str, image: str | None, change: str, n: float, seed: float | None) -> list[Any]:
