@@ -30,6 +30,7 @@ from indexer.tags import label_embeddings
 from .calibration import Calibration, background_scores, combine, fit_background
 from .composed import (
     ComposedWeights,
+    TextSide,
     arithmetic_query,
     composed_scores,
     find_attribute,
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 CHANNELS = {
     "text": {"image": "text>image", "text": "text>text", "semantic": "semantic>semantic"},
     "image": {"image": "image>image", "text": "image>text"},
+    # "more like this" on a catalog item: its own stored vectors, each against its own kind.
+    "item": {"image": "image>image", "text": "text>text", "semantic": "semantic>semantic"},
 }
 CALIBRATION_FILE = "calibration.json"
 
@@ -103,16 +106,18 @@ class SearchEngine:
         self._check(query)
         reranker = self._reranker(query.rerank)
         flt = query.filters
-        reference = None
+        reference: dict[str, np.ndarray] = {}
         if query.like is not None:
-            reference = self._stored_image_vector(query.like)
+            reference = self._stored_vectors(query.like)
             flt = Filter(flt.must, (*flt.must_not, Condition(ID_KEY, "eq", query.like)))
         elif query.image is not None:
-            reference = self.models.clip.encode_images([query.image])[0]
+            reference = {"image": self.models.clip.encode_images([query.image])[0]}
         if query.kind == "composed":
             hits = self._composed(query, reference, flt)
+        elif query.like is not None:
+            hits = self._fused(query, "item", reference, flt)
         elif query.kind == "image":
-            hits = self._fused(query, "image", {"image": reference, "text": reference}, flt)
+            hits = self._fused(query, "image", {"image": reference["image"], "text": reference["image"]}, flt)
         else:
             text_vec = self.models.clip.encode_texts([query.text])[0]
             semantic = self.models.text.encode_texts([query.text])[0]
@@ -173,8 +178,10 @@ class SearchEngine:
         ids = list(found)
         cal = self.calibration()
         exact = {name: np.array([float(found[i].vectors[name] @ vectors[name]) for i in ids]) for name in channels}
+        # Too small an index to calibrate on: raw cosines, floored at 0 like a calibrated relevance.
         relevance = {
-            name: cal[CHANNELS[modality][name]].apply(exact[name]) if cal else exact[name] for name in channels
+            name: cal[CHANNELS[modality][name]].apply(exact[name]) if cal else np.clip(exact[name], 0.0, 1.0)
+            for name in channels
         }
         method = query.fusion or self.settings.fusion
         if method == "calibrated":
@@ -205,7 +212,8 @@ class SearchEngine:
             hits.append(Hit(f.id, score, found[f.id].payload, explanation, found[f.id].vectors))
         return hits
 
-    def _composed(self, query: Query, reference: np.ndarray, flt: Filter) -> list[Hit]:
+    def _composed(self, query: Query, ref_vectors: dict[str, np.ndarray], flt: Filter) -> list[Hit]:
+        reference = ref_vectors["image"]
         modifier = self.models.clip.encode_texts([query.text])[0]
         attribute = find_attribute(query.text, self.label_sets)
         arithmetic = arithmetic_query(reference, modifier, attribute)
@@ -231,7 +239,11 @@ class SearchEngine:
             order_score = images @ arithmetic
             parts: dict[str, np.ndarray] = {"arithmetic": order_score}
         else:
-            scores = composed_scores(reference, images, modifier, attribute, ComposedWeights(), self.scale, means)
+            kept = [vectors for name, _, vectors in self.label_sets if attribute is None or name != attribute.name]
+            text = self._text_side(ref_vectors, [found[i] for i in ids], flt)
+            scores = composed_scores(
+                reference, images, modifier, attribute, ComposedWeights(), self.scale, means, kept, text
+            )
             order_score = scores.score
             parts = {"structure": scores.structure, "modifier": scores.modifier}
             if scores.verify is not None:
@@ -341,11 +353,27 @@ class SearchEngine:
         share = self.settings.semantic_share
         return {"image": w["image"], "text": w["text"] * (1 - share), "semantic": w["text"] * share}
 
-    def _stored_image_vector(self, item_id: str) -> np.ndarray:
+    def _stored_vectors(self, item_id: str) -> dict[str, np.ndarray]:
         found = self.store.retrieve([item_id], with_vectors=True)
         if not found:
             raise QueryError(f"unknown item id {item_id!r}")
-        return found[0].vectors["image"]
+        return found[0].vectors
+
+    def _text_side(self, reference: dict[str, np.ndarray], candidates: list, flt: Filter) -> TextSide | None:
+        """The reference's description vector (its own, else its nearest images' mean) and the candidates'."""
+        texts = np.stack([p.vectors["text"] for p in candidates])
+        if "text" in reference:
+            return TextSide(reference["text"], texts)
+        n = self.settings.composed_neighbours
+        near = self.store.search("image", reference["image"], n, flt, with_vectors=True) if n else []
+        if not near:
+            return None
+        # Weighted like a zero-shot softmax, so an upload that is (nearly) a catalog photo takes that
+        # item's own description, while a new photo gets the blend of its neighbours'.
+        sims = np.array([p.score for p in near]) * self.scale
+        w = np.exp(sims - sims.max())
+        mean = (w / w.sum()) @ np.stack([p.vectors["text"] for p in near])
+        return TextSide(mean / max(float(np.linalg.norm(mean)), 1e-12), texts, borrowed=True)
 
     def _load_or_fit_calibration(self) -> dict[str, Calibration]:
         count = self.store.count()

@@ -10,11 +10,13 @@ import json
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from indexer import Condition, Filter
 from indexer.images import ImagePolicy, load_image
+from indexer.store import ID_KEY
 
 from .engine import SearchEngine
 from .metrics import query_metrics, summarise
@@ -115,6 +117,22 @@ def fusion_queries(queries: Iterable[EvalQuery], methods: Iterable[str]) -> list
             for method in methods:
                 fq = Query(text=q.query.text, k=K, fusion=method)
                 out.append(EvalQuery(f"text fusion: {method}", fq, q.relevant))
+    return out
+
+
+def upload_queries(queries: Iterable[EvalQuery], items: list[dict[str, Any]], policy: ImagePolicy) -> list[EvalQuery]:
+    """The "like this item" queries again with the item's photo as an upload: pixels only, no stored
+    description to lean on. The item itself is filtered out, as if the photo came from elsewhere."""
+    images = {it["_id"]: it.get("image") for it in items}
+    out = []
+    for q in queries:
+        like = q.query.like
+        if like is None or not images.get(like) or q.type == "composed (arithmetic)":
+            continue
+        image, _ = load_image(str(images[like]), policy)
+        not_itself = Filter(must_not=(Condition(ID_KEY, "eq", like),))
+        uq = replace(q.query, like=None, image=image, filters=not_itself)
+        out.append(EvalQuery(f"{q.type} [upload]", uq, q.relevant, q.group))
     return out
 
 

@@ -31,6 +31,9 @@ class SearchSettings(Settings):
     negative_weight: float = Field(0.5, ge=0)
     negative_threshold: float = Field(0.9, gt=0, le=1, description="Calibrated match to a negative that drops.")
     composed_method: Literal["structured", "arithmetic"] = "structured"
+    composed_neighbours: int = Field(
+        5, ge=0, le=50, description="Nearest catalog images whose descriptions stand in for an uploaded reference's."
+    )
     rerank_top_n: int = Field(20, ge=1, le=200)
     rerank_budget_s: float = Field(10.0, gt=0)
     calibration_sample: int = Field(2000, ge=50)

@@ -115,6 +115,9 @@ def test_filters_run_in_the_store(engine):
 def test_more_like_this_excludes_the_item_itself(engine):
     hits = engine.search(Query(like="red-dress", k=3, dedup=False))
     assert "red-dress" not in ids(hits) and ids(hits)[0] == "red-dress-2"
+    # A catalog item searches with its own stored vectors, its description included.
+    assert hits[0].explanation["query"] == "item"
+    assert set(hits[0].explanation["channels"]) == {"image", "text", "semantic"}
     with pytest.raises(QueryError, match="unknown item id"):
         engine.search(Query(like="nope"))
 
@@ -122,7 +125,9 @@ def test_more_like_this_excludes_the_item_itself(engine):
 def test_image_query(engine):
     img = Image.new("RGB", (8, 8))
     img.info["key"] = "blue-bag"
-    assert ids(engine.search(Query(image=img, k=1))) == ["blue-bag"]
+    hits = engine.search(Query(image=img, k=1))
+    assert ids(hits) == ["blue-bag"]
+    assert hits[0].explanation["query"] == "image" and set(hits[0].explanation["channels"]) == {"image", "text"}
 
 
 def test_negative_pushes_matching_items_down(engine):

@@ -112,6 +112,7 @@ def evaluate(
         fusion_queries,
         run_eval,
         tagging_accuracy,
+        upload_queries,
     )
 
     with user_errors():
@@ -125,6 +126,7 @@ def evaluate(
                     raise UserError(str(exc)) from None
             else:
                 todo = attribute_queries(items, per_type=per_type)
+                todo += upload_queries(todo, items, ImagePolicy.from_settings(engine.settings))
                 todo += fusion_queries(todo, ("rrf", "dbsf", "sum", "calibrated"))
                 if not todo:
                     raise UserError(
