@@ -87,6 +87,27 @@ class Filter:
         return bool(self.must or self.must_not)
 
 
+VectorSelector = bool | Sequence[str]  # all named vectors, none, or these names
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One nearest-neighbour search on a named vector, for :meth:`VectorStore.search_batch`.
+
+    ``keys`` limits the payload returned (the catalog id always comes back; None: all of it);
+    ``ids`` scores only those items, for the exact scores of known items on another vector.
+    """
+
+    vector_name: str
+    vector: np.ndarray
+    limit: int
+    filter: Filter | None = None
+    offset: int = 0
+    with_vectors: VectorSelector = False
+    keys: Sequence[str] | None = None
+    ids: Sequence[str] | None = None
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """Storage of products: named dense vectors (cosine) plus payload."""
@@ -99,7 +120,9 @@ class VectorStore(Protocol):
 
     def upsert(self, records: Sequence[Record]) -> None: ...
 
-    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+    def retrieve(
+        self, ids: Sequence[str], with_vectors: VectorSelector = False, keys: Sequence[str] | None = None
+    ) -> list[Record]:
         """Records for the ids that exist, in the order asked; missing ids are skipped."""
 
     def delete(self, ids: Sequence[str]) -> None: ...
@@ -116,6 +139,16 @@ class VectorStore(Protocol):
         with_vectors: bool = False,
     ) -> list[ScoredPoint]:
         """Nearest points by cosine similarity on one named vector, filtered in the store."""
+
+    def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:
+        """Several searches planned and run as one call; one result list per request, in order."""
+
+    def search_union(
+        self, vectors: dict[str, np.ndarray], limit: int, flt: Filter | None = None
+    ) -> dict[str, list[ScoredPoint]]:
+        """Each named vector's ``limit`` nearest (filtered), then every point of their union scored
+        exactly on every named vector: one list per name, best first, payloads holding only the
+        catalog id. One call, so fusing channels needs no second round trip for missing scores."""
 
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         """Every record without vectors; ``keys`` limits the payload returned."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -26,6 +26,7 @@ from .store import (
     Record,
     SchemaMismatch,
     ScoredPoint,
+    SearchRequest,
     StoreError,
     StoreSchema,
     point_id,
@@ -139,6 +140,38 @@ def to_record(payload: dict[str, Any] | None, vectors: Any = None) -> Record:
     return Record(id=str(payload.get(ID_KEY, "")), payload=payload, vectors=_vectors_out(vectors))
 
 
+def ids_only(request: SearchRequest) -> bool:
+    """A search among known ids that wants no payload: the point ids name the items, so the store
+    need not load any payload (the costly part of a small search)."""
+    return request.ids is not None and request.keys is not None and not request.keys
+
+
+def to_scored_list(request: SearchRequest, hits: Iterable[tuple[Any, float, Any, Any]]) -> list[ScoredPoint]:
+    """A binding's (point id, score, payload, vector) hits for ``request`` as ScoredPoints."""
+    if ids_only(request):
+        names = {point_id(i): i for i in request.ids or ()}
+        return [
+            ScoredPoint(names[str(pid)], float(score), {ID_KEY: names[str(pid)]}, _vectors_out(vector) or None)
+            for pid, score, _, vector in hits
+        ]
+    return [to_scored(score, payload, vector if request.with_vectors else None) for _, score, payload, vector in hits]
+
+
+def union_lists(
+    names: Sequence[str], lists: Sequence[Sequence[tuple[Any, float, Any]]]
+) -> dict[str, list[ScoredPoint]]:
+    """:meth:`search_union` results: (point id, score, payload) lists, the first carrying the payloads."""
+    if not lists:
+        return {}
+    catalog = {pid: str((payload or {}).get(ID_KEY, "")) for pid, _, payload in lists[0]}
+    out = {}
+    for name, hits in zip(names, lists, strict=True):
+        points = [ScoredPoint(catalog[p], float(score), {ID_KEY: catalog[p]}) for p, score, _ in hits if p in catalog]
+        # The union is merged in no fixed order: equal scores are ordered by id so pages stay stable.
+        out[name] = sorted(points, key=lambda point: (-point.score, point.id))
+    return out
+
+
 def to_scored(score: float, payload: dict[str, Any] | None, vectors: Any = None) -> ScoredPoint:
     payload = dict(payload or {})
     return ScoredPoint(
@@ -156,7 +189,7 @@ def in_order(ids: Sequence[str], records: Iterable[Record]) -> list[Record]:
 
 
 def payload_keys(keys: Iterable[str] | None) -> list[str] | None:
-    """Payload keys to fetch when scrolling: ``keys`` plus the catalog id, or None for all."""
+    """Payload keys to fetch: ``keys`` plus the catalog id, or None for all."""
     if keys is None:
         return None
     return sorted({*keys, ID_KEY})
@@ -174,6 +207,7 @@ class FilterModels:
     MatchValue: Any
     MatchAny: Any
     Range: Any
+    has_id: Callable[[list[str]], Any]  # a condition matching these point ids
     supports_bool_match: bool = True
 
 
@@ -190,6 +224,9 @@ def _number_eq(m: FilterModels, key: str, value: Any) -> Any:
 
 def _condition(m: FilterModels, cond: Any) -> Any:
     key, op, value = cond.key, cond.op, _plain(cond.value)
+    if key == ID_KEY and op in ("eq", "in"):
+        # The catalog id is the point id (hashed): matched on the id itself, no payload read.
+        return m.has_id([point_id(str(v)) for v in (value if op == "in" else [value])])
     if op == "eq":
         if isinstance(value, bool) and not m.supports_bool_match:
             raise StoreError(
@@ -222,11 +259,18 @@ def _condition(m: FilterModels, cond: Any) -> Any:
     raise StoreError(f"filter on {key!r}: unknown operator {op!r}; use 'eq', 'in' or 'range'")
 
 
-def to_filter(flt: Filter | None, m: FilterModels) -> Any:
-    """A lookalike :class:`Filter` as the binding's filter, or None when it has no conditions."""
-    if not flt:
+def to_filter(flt: Filter | None, m: FilterModels, ids: Sequence[str] | None = None) -> Any:
+    """A lookalike :class:`Filter` (and, if given, a restriction to the items ``ids``) as the
+    binding's filter, or None when there is no condition."""
+    must = [_condition(m, c) for c in flt.must] if flt else []
+    must_not = [_condition(m, c) for c in flt.must_not] if flt else []
+    if ids is not None:
+        must.append(m.has_id([point_id(i) for i in ids]))
+    if not (must or must_not):
         return None
-    return m.Filter(
-        must=[_condition(m, c) for c in flt.must] or None,
-        must_not=[_condition(m, c) for c in flt.must_not] or None,
-    )
+    return m.Filter(must=must or None, must_not=must_not or None)
+
+
+def vector_selector(with_vectors: Any) -> bool | list[str]:
+    """``with_vectors`` (True, False or vector names) as both bindings take it."""
+    return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)

@@ -24,7 +24,17 @@ import numpy as np
 import qdrant_edge as qe
 
 from . import store_codec as codec
-from .store import FieldKind, Filter, Record, ScoredPoint, StoreError, StoreSchema, point_id
+from .store import (
+    FieldKind,
+    Filter,
+    Record,
+    ScoredPoint,
+    SearchRequest,
+    StoreError,
+    StoreSchema,
+    VectorSelector,
+    point_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,7 @@ _MODELS = codec.FilterModels(
     MatchValue=qe.MatchValue,
     MatchAny=qe.MatchAny,
     Range=qe.RangeFloat,
+    has_id=lambda ids: qe.HasIdCondition(set(ids)),
     supports_bool_match=False,
 )
 _INDEX_TYPES: dict[str, Any] = {
@@ -170,14 +181,16 @@ class EdgeStore:
         request = qe.CountRequest(exact=True, filter=codec.to_filter(flt, _MODELS))
         return self._call(self._shard.count, request)
 
-    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+    def retrieve(
+        self, ids: Sequence[str], with_vectors: VectorSelector = False, keys: Sequence[str] | None = None
+    ) -> list[Record]:
         if not ids or self._shard is None:
             return []
         found = self._call(
             self._shard.retrieve,
             list(dict.fromkeys(point_id(i) for i in ids)),
-            with_payload=True,
-            with_vector=with_vectors,
+            with_payload=_payload_selector(keys),
+            with_vector=codec.vector_selector(with_vectors),
         )
         return codec.in_order(ids, (codec.to_record(r.payload, r.vector) for r in found))
 
@@ -190,23 +203,58 @@ class EdgeStore:
         offset: int = 0,
         with_vectors: bool = False,
     ) -> list[ScoredPoint]:
-        query = codec.query_vector(self._schema, vector_name, vector)
-        request = qe.QueryRequest(
-            limit=limit,
-            offset=offset,
-            query=qe.Query.Nearest(query, using=vector_name),
-            filter=codec.to_filter(flt, _MODELS),
-            with_payload=True,
-            with_vector=with_vectors,
-        )
-        hits = self._call(self._require_shard().query, request)
-        return [codec.to_scored(h.score, h.payload, h.vector if with_vectors else None) for h in hits]
+        return self.search_batch([SearchRequest(vector_name, vector, limit, flt, offset, with_vectors)])[0]
+
+    def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:
+        if not requests:
+            return []
+        batch = [
+            qe.QueryRequest(
+                limit=r.limit,
+                offset=r.offset,
+                query=qe.Query.Nearest(codec.query_vector(self._schema, r.vector_name, r.vector), using=r.vector_name),
+                filter=codec.to_filter(r.filter, _MODELS, r.ids),
+                with_payload=False if codec.ids_only(r) else _payload_selector(r.keys),
+                with_vector=codec.vector_selector(r.with_vectors),
+                # Scoring a known set of ids: exact, or the graph search would walk (and may miss) them.
+                params=qe.SearchParams(exact=True) if r.ids is not None else None,
+            )
+            for r in requests
+        ]
+        results = self._call(self._require_shard().query_batch, qe.QueryBatchRequest(batch))
+        return [
+            codec.to_scored_list(r, [(h.id, h.score, h.payload, h.vector) for h in hits])
+            for r, hits in zip(requests, results, strict=True)
+        ]
+
+    def search_union(
+        self, vectors: dict[str, np.ndarray], limit: int, flt: Filter | None = None
+    ) -> dict[str, list[ScoredPoint]]:
+        if not vectors:
+            return {}
+        queries = {n: qe.Query.Nearest(codec.query_vector(self._schema, n, v), using=n) for n, v in vectors.items()}
+        condition = codec.to_filter(flt, _MODELS)
+        prefetch = [qe.Prefetch(limit=limit, query=q, filter=condition) for q in queries.values()]
+        total = limit * len(queries)
+        names = list(queries)
+        # Only the first list brings the catalog ids; the others are matched to it by point id.
+        batch = [
+            qe.QueryRequest(
+                limit=total,
+                prefetches=prefetch,
+                query=queries[n],
+                with_payload=_payload_selector([]) if j == 0 else False,
+                with_vector=False,
+            )
+            for j, n in enumerate(names)
+        ]
+        results = self._call(self._require_shard().query_batch, qe.QueryBatchRequest(batch))
+        return codec.union_lists(names, [[(h.id, h.score, h.payload) for h in hits] for hits in results])
 
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         if self._shard is None:
             return
-        selected = codec.payload_keys(keys)
-        with_payload = True if selected is None else qe.PayloadSelector.Include(selected)
+        with_payload = _payload_selector(keys)
         offset = None
         while True:
             request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=with_payload, with_vector=False)
@@ -274,3 +322,8 @@ class EdgeStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _payload_selector(keys: Iterable[str] | None) -> Any:
+    selected = codec.payload_keys(keys)
+    return True if selected is None else qe.PayloadSelector.Include(selected)

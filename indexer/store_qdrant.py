@@ -31,7 +31,17 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from . import store_codec as codec
-from .store import FieldKind, Filter, Record, ScoredPoint, StoreError, StoreSchema, point_id
+from .store import (
+    FieldKind,
+    Filter,
+    Record,
+    ScoredPoint,
+    SearchRequest,
+    StoreError,
+    StoreSchema,
+    VectorSelector,
+    point_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,7 @@ _MODELS = codec.FilterModels(
     MatchValue=qm.MatchValue,
     MatchAny=qm.MatchAny,
     Range=qm.Range,
+    has_id=lambda ids: qm.HasIdCondition(has_id=ids),
 )
 _INDEX_TYPES: dict[str, qm.PayloadSchemaType] = {
     "keyword": qm.PayloadSchemaType.KEYWORD,
@@ -275,15 +286,18 @@ class QdrantStore:
         result = self._call(self._client.count, self.collection, count_filter=codec.to_filter(flt, _MODELS), exact=True)
         return result.count
 
-    def retrieve(self, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+    def retrieve(
+        self, ids: Sequence[str], with_vectors: VectorSelector = False, keys: Sequence[str] | None = None
+    ) -> list[Record]:
         if not ids or self.schema() is None:
             return []
+        selected = codec.payload_keys(keys)
         found = self._call(
             self._client.retrieve,
             self.collection,
             ids=list(dict.fromkeys(point_id(i) for i in ids)),
-            with_payload=True,
-            with_vectors=with_vectors,
+            with_payload=True if selected is None else selected,
+            with_vectors=codec.vector_selector(with_vectors),
         )
         return codec.in_order(ids, (codec.to_record(r.payload, r.vector) for r in found))
 
@@ -296,19 +310,55 @@ class QdrantStore:
         offset: int = 0,
         with_vectors: bool = False,
     ) -> list[ScoredPoint]:
-        query = codec.query_vector(self.schema(), vector_name, vector)
-        result = self._call(
-            self._client.query_points,
-            self.collection,
-            query=query,
-            using=vector_name,
-            query_filter=codec.to_filter(flt, _MODELS),
-            limit=limit,
-            offset=offset,
-            with_payload=True,
-            with_vectors=with_vectors,
-        )
-        return [codec.to_scored(p.score, p.payload, p.vector if with_vectors else None) for p in result.points]
+        return self.search_batch([SearchRequest(vector_name, vector, limit, flt, offset, with_vectors)])[0]
+
+    def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:
+        if not requests:
+            return []
+        schema = self.schema()
+        batch = []
+        for r in requests:
+            selected = codec.payload_keys(r.keys)
+            batch.append(
+                qm.QueryRequest(
+                    query=codec.query_vector(schema, r.vector_name, r.vector),
+                    using=r.vector_name,
+                    filter=codec.to_filter(r.filter, _MODELS, r.ids),
+                    limit=r.limit,
+                    offset=r.offset,
+                    with_payload=False if codec.ids_only(r) else True if selected is None else selected,
+                    with_vector=codec.vector_selector(r.with_vectors),
+                )
+            )
+        results = self._call(self._client.query_batch_points, self.collection, requests=batch)
+        return [
+            codec.to_scored_list(r, [(p.id, p.score, p.payload, p.vector) for p in result.points])
+            for r, result in zip(requests, results, strict=True)
+        ]
+
+    def search_union(
+        self, vectors: dict[str, np.ndarray], limit: int, flt: Filter | None = None
+    ) -> dict[str, list[ScoredPoint]]:
+        if not vectors:
+            return {}
+        schema = self.schema()
+        queries = {n: codec.query_vector(schema, n, v) for n, v in vectors.items()}
+        condition = codec.to_filter(flt, _MODELS)
+        prefetch = [qm.Prefetch(query=q, using=n, limit=limit, filter=condition) for n, q in queries.items()]
+        names = list(queries)
+        batch = [
+            qm.QueryRequest(
+                query=queries[n],
+                using=n,
+                prefetch=prefetch,
+                limit=limit * len(names),
+                with_payload=codec.payload_keys([]) if j == 0 else False,
+                with_vector=False,
+            )
+            for j, n in enumerate(names)
+        ]
+        results = self._call(self._client.query_batch_points, self.collection, requests=batch)
+        return codec.union_lists(names, [[(p.id, p.score, p.payload) for p in r.points] for r in results])
 
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         if self.schema() is None:

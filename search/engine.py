@@ -8,7 +8,6 @@ import os
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -17,6 +16,7 @@ from indexer import (
     Filter,
     IndexManifest,
     Models,
+    SearchRequest,
     StoreError,
     TagVocab,
     VectorStore,
@@ -126,9 +126,10 @@ class SearchEngine:
             hits = self._apply_negative(hits, query.negative)
         if query.min_score is not None:
             hits = [h for h in hits if h.score >= query.min_score]
-        if query.dedup and len(hits) > 1:
-            hits = self._dedup(hits)
-        hits = rerank_with_budget(reranker, query, hits, self.settings.rerank_top_n, self.settings.rerank_budget_s)
+        top_n = self.settings.rerank_top_n
+        need = max(query.offset + query.k, 0 if isinstance(reranker, NoReranker) else top_n)
+        hits = self._dedup(hits, need) if query.dedup else self._materialise(hits, need)
+        hits = rerank_with_budget(reranker, query, hits, top_n, self.settings.rerank_budget_s)
         return hits[query.offset : query.offset + query.k]
 
     def get(self, item_id: str) -> Hit | None:
@@ -164,20 +165,18 @@ class SearchEngine:
     def _fused(self, query: Query, modality: str, vectors: dict[str, np.ndarray], flt: Filter) -> list[Hit]:
         weights = self._channel_weights(query, modality)
         pool = max(self.settings.candidates, query.k + query.offset)
-        channels: dict[str, list[tuple[str, float]]] = {}
-        found: dict[str, Any] = {}
-        for name, weight in weights.items():
-            if weight <= 0:
-                continue
-            points = self.store.search(name, vectors[name], pool, flt, with_vectors=True)
-            channels[name] = [(p.id, p.score) for p in points]
-            for p in points:
-                found.setdefault(p.id, p)
-        if not found:
+        names = [name for name, weight in weights.items() if weight > 0]
+        # One store call: each channel's top `pool` and every candidate's exact score on every channel.
+        # Ids and scores only: making stored vectors and payloads into Python objects costs more than
+        # the searches; the page's payloads and image vectors are fetched at the end.
+        union = self.store.search_union({n: vectors[n] for n in names}, pool, flt)
+        if not names or not union[names[0]]:
             return []
-        ids = list(found)
+        channels = {n: [(p.id, p.score) for p in union[n][:pool]] for n in names}
+        ids = [p.id for p in union[names[0]]]
+        scored = {n: {p.id: p.score for p in union[n]} for n in names}
+        exact = {n: np.array([scored[n].get(i, 0.0) for i in ids]) for n in names}
         cal = self.calibration()
-        exact = {name: np.array([float(found[i].vectors[name] @ vectors[name]) for i in ids]) for name in channels}
         # Too small an index to calibrate on: raw cosines, floored at 0 like a calibrated relevance.
         relevance = {
             name: cal[CHANNELS[modality][name]].apply(exact[name]) if cal else np.clip(exact[name], 0.0, 1.0)
@@ -209,8 +208,30 @@ class SearchEngine:
                 "fused": round(f.score, 6),
                 "channels": per_channel,
             }
-            hits.append(Hit(f.id, score, found[f.id].payload, explanation, found[f.id].vectors))
+            hits.append(Hit(f.id, score, {}, explanation))
         return hits
+
+    def _scores(self, vector_name: str, vector: np.ndarray, ids: list[str]) -> np.ndarray:
+        """Cosine of ``vector`` to each item's stored ``vector_name`` vector, computed in the store."""
+        (points,) = self.store.search_batch([SearchRequest(vector_name, vector, len(ids), ids=ids, keys=[])])
+        found = {p.id: p.score for p in points}
+        return np.array([found.get(i, 0.0) for i in ids])
+
+    def _materialise(self, hits: list[Hit], upto: int) -> list[Hit]:
+        """The first ``upto`` hits with their payload and image vector (fetched once, in one call)."""
+        lacking = [h.id for h in hits[:upto] if not h.payload or "image" not in h.vectors]
+        if not lacking:
+            return hits
+        records = {r.id: r for r in self.store.retrieve(lacking, with_vectors=["image"])}
+        out = []
+        for h in hits[:upto]:
+            r = records.get(h.id)
+            if r is not None:
+                out.append(replace(h, payload=r.payload, vectors={**h.vectors, **r.vectors}))
+            elif h.payload and "image" in h.vectors:
+                out.append(h)
+            # else: deleted since it was found
+        return out + hits[upto:]
 
     def _composed(self, query: Query, ref_vectors: dict[str, np.ndarray], flt: Filter) -> list[Hit]:
         reference = ref_vectors["image"]
@@ -219,18 +240,18 @@ class SearchEngine:
         arithmetic = arithmetic_query(reference, modifier, attribute)
         method = query.composed_method or self.settings.composed_method
         means = self.attribute_means().get(attribute.name) if attribute else None
-        pool = max(self.settings.candidates, query.k + query.offset)
-        found: dict[str, Any] = {}
+        pool = max(self.settings.composed_candidates, query.k + query.offset)
         probes = [arithmetic] if method == "arithmetic" else [arithmetic, reference, modifier]
         if method != "arithmetic" and means is not None:
             moved = image_space_query(reference, attribute, means)
             probes += [moved] if moved is not None else []
-        for vec in probes:
-            for p in self.store.search("image", vec, pool, flt, with_vectors=True):
-                found.setdefault(p.id, p)
-        if not found:
+        results = self.store.search_batch([SearchRequest("image", vec, pool, flt, keys=[]) for vec in probes])
+        wanted = list(dict.fromkeys(p.id for points in results for p in points))
+        # One fetch for the union of the probes, and only the vectors the scoring reads.
+        found = {r.id: r for r in self.store.retrieve(wanted, with_vectors=["image", "text"], keys=[])}
+        ids = [i for i in wanted if i in found]
+        if not ids:
             return []
-        ids = list(found)
         images = np.stack([found[i].vectors["image"] for i in ids])
         cal = self.calibration()
         ref_rel = cal["image>image"].apply(images @ reference) if cal else images @ reference
@@ -268,17 +289,16 @@ class SearchEngine:
                 },
             }
             score = 0.5 * float(ref_rel[i]) + 0.5 * float(mod_rel[i])
-            p = found[ids[i]]
-            hits.append(Hit(p.id, score, p.payload, explanation, p.vectors))
+            hits.append(Hit(ids[i], score, {}, explanation, {"image": images[i]}))
         return hits
 
     def _apply_negative(self, hits: list[Hit], negative: str) -> list[Hit]:
         if not hits:
             return hits
         neg = self.models.clip.encode_texts([negative])[0]
-        images = np.stack([h.vectors["image"] for h in hits])
+        raw = self._scores("image", neg, [h.id for h in hits])
         cal = self.calibration()
-        similarity = cal["text>image"].apply(images @ neg) if cal else images @ neg
+        similarity = cal["text>image"].apply(raw) if cal else raw
         fused_max = max(max(h.explanation.get("fused", h.score) for h in hits), 1e-12)
         # penalise works on one scale: fused scores are rescaled to 0-1 to meet calibrated similarity.
         as_fused = [FusedHit(h.id, h.explanation.get("fused", h.score) / fused_max, {}) for h in hits]
@@ -303,11 +323,25 @@ class SearchEngine:
             out.append(replace(h, score=max(h.score - f.penalty, 0.0), explanation=explanation))
         return out
 
-    def _dedup(self, hits: list[Hit]) -> list[Hit]:
-        dedup = mmr_dedup(
-            [h.id for h in hits], np.stack([h.vectors["image"] for h in hits]), self.settings.dedup_threshold
-        )
-        kept = [hits[i] for i in dedup.kept]
+    def _dedup(self, hits: list[Hit], need: int) -> list[Hit]:
+        """Collapse near-identical photos until ``need`` distinct hits are known (or all are seen).
+
+        A prefix is deduplicated as it would be within the whole list, so the prefix grows (and its
+        image vectors are fetched) only while duplicates leave the page short.
+        """
+        size = need
+        while True:
+            hits = self._materialise(hits, size)
+            head = hits[:size]
+            if len(head) < 2:
+                return hits
+            dedup = mmr_dedup(
+                [h.id for h in head], np.stack([h.vectors["image"] for h in head]), self.settings.dedup_threshold
+            )
+            if len(dedup.kept) >= need or size >= len(hits):
+                break
+            size *= 2
+        kept = [head[i] for i in dedup.kept]
         dupes = dedup.duplicate_ids
         if dupes:
             by_kept: dict[str, list[str]] = {}
@@ -365,7 +399,8 @@ class SearchEngine:
         if "text" in reference:
             return TextSide(reference["text"], texts)
         n = self.settings.composed_neighbours
-        near = self.store.search("image", reference["image"], n, flt, with_vectors=True) if n else []
+        request = SearchRequest("image", reference["image"], n, flt, with_vectors=["text"], keys=[])
+        near = self.store.search_batch([request])[0] if n else []
         if not near:
             return None
         # Weighted like a zero-shot softmax, so an upload that is (nearly) a catalog photo takes that

@@ -101,6 +101,10 @@ def test_dedup_collapses_near_identical_items(engine):
     assert ids(hits)[0] == "red-dress" or ids(hits)[0] == "red-dress-2"
     assert len({"red-dress", "red-dress-2"} & set(ids(hits))) == 1
     assert hits[0].explanation["duplicates"]
+    # A page that duplicates would leave short looks further down the list.
+    two = engine.search(Query(text="red dress", k=2))
+    assert len(two) == 2 and ids(two)[1] in {"blue-dress", "red-bag"} and two[0].explanation["duplicates"]
+    assert all(h.payload["colour"] and h.vectors["image"].shape == (4,) for h in two)
 
 
 def test_filters_run_in_the_store(engine):

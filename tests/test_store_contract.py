@@ -27,6 +27,7 @@ from indexer.store import (
     Filter,
     Record,
     SchemaMismatch,
+    SearchRequest,
     StoreError,
     StoreSchema,
     VectorStore,
@@ -187,6 +188,56 @@ class TestContract:
         np.testing.assert_allclose(hits[0].vectors["image"], image_vec(2), atol=1e-6)
         # a non-unit query gives the same cosine ranking
         assert ids(store.search("image", 7 * image_vec(6), limit=3)) == ["p6", "p5", "p7"]
+
+    def test_search_batch_matches_single_searches(self, store):
+        shoes = Filter(must=(Condition("category", "eq", "shoe"),))
+        requests = [
+            SearchRequest("image", image_vec(0), 3),
+            SearchRequest("text", E0, 2, shoes, offset=1, with_vectors=["text"]),
+            SearchRequest("image", image_vec(0), N, keys=["price"]),
+        ]
+        plain, filtered, slim = store.search_batch(requests)
+        assert ids(plain) == ids(store.search("image", image_vec(0), 3)) == ["p0", "p1", "p2"]
+        assert ids(filtered) == ["p4", "p2"] and set(filtered[0].vectors) == {"text"}
+        np.testing.assert_allclose(filtered[0].vectors["text"], text_vec(4), atol=1e-6)
+        assert slim[3].payload == {"price": 30.0, ID_KEY: "p3"} and slim[3].vectors is None
+        assert store.search_batch([]) == []
+
+    def test_search_restricted_to_ids_scores_exactly_those_items(self, store):
+        (hits,) = store.search_batch([SearchRequest("text", E0, N, ids=["p1", "p6", "nope"], keys=[])])
+        assert ids(hits) == ["p6", "p1"]
+        np.testing.assert_allclose(
+            [h.score for h in hits], [math.cos(math.radians(10)), math.cos(math.radians(60))], atol=1e-5
+        )
+        assert hits[0].payload == {ID_KEY: "p6"}
+        shoes = Filter(must=(Condition("category", "eq", "shoe"),))
+        (only_shoes,) = store.search_batch([SearchRequest("image", image_vec(0), N, shoes, ids=["p1", "p2"])])
+        assert ids(only_shoes) == ["p2"]
+
+    def test_search_union_scores_every_candidate_on_every_vector(self, store):
+        # image e0 ranks p0, p1, ...; text e0 ranks p7, p6, ...: the top 2 of each make a union of 4.
+        got = store.search_union({"image": image_vec(0), "text": E0}, limit=2)
+        assert set(got) == {"image", "text"}
+        assert ids(got["image"]) == ["p0", "p1", "p6", "p7"] and ids(got["text"]) == ["p7", "p6", "p1", "p0"]
+        want = [math.cos(math.radians(10 * k)) for k in (0, 1, 6, 7)]
+        np.testing.assert_allclose([h.score for h in got["image"]], want, atol=1e-5)
+        np.testing.assert_allclose([h.score for h in got["text"]], want, atol=1e-5)
+        assert got["text"][0].payload == {ID_KEY: "p7"}
+        shoes = Filter(must=(Condition("category", "eq", "shoe"),))
+        got = store.search_union({"image": image_vec(0), "text": E0}, limit=1, flt=shoes)
+        assert ids(got["image"]) == ["p0", "p6"] and ids(got["text"]) == ["p6", "p0"]
+        assert store.search_union({}, 3) == {}
+
+    def test_catalog_id_conditions(self, store):
+        not_p0 = Filter(must_not=(Condition(ID_KEY, "eq", "p0"),))
+        assert ids(store.search("image", image_vec(0), 2, not_p0)) == ["p1", "p2"]
+        some = Filter(must=(Condition(ID_KEY, "in", ["p3", "p5", "nope"]),))
+        assert ids(store.search("image", image_vec(0), N, some)) == ["p3", "p5"]
+        assert store.count(some) == 2
+
+    def test_retrieve_selected_vectors_and_keys(self, store):
+        (rec,) = store.retrieve(["p2"], with_vectors=["image"], keys=["category"])
+        assert set(rec.vectors) == {"image"} and rec.payload == {"category": "shoe", ID_KEY: "p2"}
 
     @pytest.mark.parametrize(
         "flt,expected",
