@@ -233,23 +233,37 @@ class EdgeStore:
         if not vectors:
             return {}
         queries = {n: qe.Query.Nearest(codec.query_vector(self._schema, n, v), using=n) for n, v in vectors.items()}
-        condition = codec.to_filter(flt, _MODELS)
-        prefetch = [qe.Prefetch(limit=limit, query=q, filter=condition) for q in queries.values()]
-        total = limit * len(queries)
         names = list(queries)
-        # Only the first list brings the catalog ids; the others are matched to it by point id.
-        batch = [
-            qe.QueryRequest(
-                limit=total,
-                prefetches=prefetch,
-                query=queries[n],
-                with_payload=_payload_selector([]) if j == 0 else False,
-                with_vector=False,
-            )
-            for j, n in enumerate(names)
-        ]
-        results = self._call(self._require_shard().query_batch, qe.QueryBatchRequest(batch))
-        return codec.union_lists(names, [[(h.id, h.score, h.payload) for h in hits] for hits in results])
+        shard = self._require_shard()
+        condition = codec.to_filter(flt, _MODELS)
+        # First the union, scored on the first vector: one graph search per vector, with the filter.
+        prefetch = [qe.Prefetch(limit=limit, query=q, filter=condition) for q in queries.values()]
+        first = qe.QueryRequest(
+            limit=limit * len(names),
+            prefetches=prefetch,
+            query=queries[names[0]],
+            with_payload=_payload_selector([]),
+            with_vector=False,
+        )
+        union = self._call(shard.query, first)
+        lists = [[(h.id, h.score, h.payload) for h in union]]
+        if len(names) > 1 and union:
+            # Then the same points, by point id, scored exactly on the other vectors.
+            among = qe.Filter(must=[qe.HasIdCondition({h.id for h in union})])
+            rest = [
+                qe.QueryRequest(
+                    limit=len(union),
+                    query=queries[n],
+                    filter=among,
+                    with_payload=False,
+                    with_vector=False,
+                    params=qe.SearchParams(exact=True),
+                )
+                for n in names[1:]
+            ]
+            results = self._call(shard.query_batch, qe.QueryBatchRequest(rest))
+            lists += [[(h.id, h.score, None) for h in hits] for hits in results]
+        return codec.union_lists(names, lists)
 
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         if self._shard is None:
