@@ -108,6 +108,24 @@ class SearchRequest:
     ids: Sequence[str] | None = None
 
 
+class SingleSearch:
+    """``search`` as a batch of one, for adapters that implement ``search_batch``."""
+
+    def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:
+        raise NotImplementedError
+
+    def search(
+        self,
+        vector_name: str,
+        vector: np.ndarray,
+        limit: int,
+        flt: Filter | None = None,
+        offset: int = 0,
+        with_vectors: bool = False,
+    ) -> list[ScoredPoint]:
+        return self.search_batch([SearchRequest(vector_name, vector, limit, flt, offset, with_vectors)])[0]
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """Storage of products: named dense vectors (cosine) plus payload."""

@@ -30,6 +30,7 @@ from .store import (
     Record,
     ScoredPoint,
     SearchRequest,
+    SingleSearch,
     StoreError,
     StoreSchema,
     VectorSelector,
@@ -64,7 +65,7 @@ _INDEX_TYPES: dict[str, Any] = {
 _INDEXING_THRESHOLD_KB = 1
 
 
-class EdgeStore:
+class EdgeStore(SingleSearch):
     """VectorStore on a qdrant-edge shard in the directory ``path``."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -193,17 +194,6 @@ class EdgeStore:
             with_vector=codec.vector_selector(with_vectors),
         )
         return codec.in_order(ids, (codec.to_record(r.payload, r.vector) for r in found))
-
-    def search(
-        self,
-        vector_name: str,
-        vector: np.ndarray,
-        limit: int,
-        flt: Filter | None = None,
-        offset: int = 0,
-        with_vectors: bool = False,
-    ) -> list[ScoredPoint]:
-        return self.search_batch([SearchRequest(vector_name, vector, limit, flt, offset, with_vectors)])[0]
 
     def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:
         if not requests:

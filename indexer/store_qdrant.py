@@ -37,6 +37,7 @@ from .store import (
     Record,
     ScoredPoint,
     SearchRequest,
+    SingleSearch,
     StoreError,
     StoreSchema,
     VectorSelector,
@@ -89,7 +90,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-class QdrantStore:
+class QdrantStore(SingleSearch):
     """VectorStore on one collection of a Qdrant server, cluster or in-process client."""
 
     def __init__(
@@ -300,17 +301,6 @@ class QdrantStore:
             with_vectors=codec.vector_selector(with_vectors),
         )
         return codec.in_order(ids, (codec.to_record(r.payload, r.vector) for r in found))
-
-    def search(
-        self,
-        vector_name: str,
-        vector: np.ndarray,
-        limit: int,
-        flt: Filter | None = None,
-        offset: int = 0,
-        with_vectors: bool = False,
-    ) -> list[ScoredPoint]:
-        return self.search_batch([SearchRequest(vector_name, vector, limit, flt, offset, with_vectors)])[0]
 
     def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:
         if not requests:

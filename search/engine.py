@@ -219,10 +219,12 @@ class SearchEngine:
 
     def _materialise(self, hits: list[Hit], upto: int) -> list[Hit]:
         """The first ``upto`` hits with their payload and image vector (fetched once, in one call)."""
-        lacking = [h.id for h in hits[:upto] if not h.payload or "image" not in h.vectors]
+        lacking = [h for h in hits[:upto] if not h.payload or "image" not in h.vectors]
         if not lacking:
             return hits
-        records = {r.id: r for r in self.store.retrieve(lacking, with_vectors=["image"])}
+        # Composed hits already hold their image vectors: then only the payloads are fetched.
+        vectors = ["image"] if any("image" not in h.vectors for h in lacking) else False
+        records = {r.id: r for r in self.store.retrieve([h.id for h in lacking], with_vectors=vectors)}
         out = []
         for h in hits[:upto]:
             r = records.get(h.id)
