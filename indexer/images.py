@@ -297,8 +297,12 @@ def is_public_address(address: str) -> bool:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_image(data: bytes, source: str, policy: ImagePolicy) -> Image.Image:
-    """Decode ``data`` to a fully loaded RGB image, upright per its EXIF orientation."""
+def decode_image(data: bytes, source: str, policy: ImagePolicy, fit: int = 0) -> Image.Image:
+    """Decode ``data`` to a fully loaded RGB image, upright per its EXIF orientation.
+
+    With ``fit``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
+    ``fit`` pixels: for an encoder that resizes to ``fit`` anyway this halves decode and resize time at 640 px and
+    saves far more on large photos."""
     if not data:
         raise ImageError("empty", source, "no image data (0 bytes)")
     try:
@@ -313,6 +317,8 @@ def decode_image(data: bytes, source: str, policy: ImagePolicy) -> Image.Image:
         _check_pixels(im, len(data), source, policy)
         if getattr(im, "is_animated", False):
             im.seek(0)
+        if fit and im.format == "JPEG":
+            im.draft("RGB", (fit, fit))
         im.load()
         return _to_rgb(_upright(im, source))
     except ImageError:

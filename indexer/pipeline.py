@@ -155,7 +155,7 @@ def index_catalog(
             digest = content_hash(data, item, models_key)
             if stored.get(item.id) == digest:
                 return _Skipped(item)
-            image = decode_image(data, item.image, policy)
+            image = decode_image(data, item.image, policy, fit=models.clip.image_size)
             return _Ready(item, digest, models.clip.preprocess(image))
         except ImageError as exc:
             return _Failed(item, exc.reason, str(exc))

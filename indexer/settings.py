@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     clip_model: str = Field(DEFAULT_CLIP, description="CLIP encoder spec (image and text vectors).")
     text_model: str = Field(DEFAULT_TEXT, description="Sentence-transformers spec for the semantic vector.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    dtype: str = Field("auto", description="auto (float16 on cuda, else float32) | float32 | float16 | bfloat16")
     batch_size: int = Field(64, ge=1, le=4096)
     workers: int = Field(4, ge=0, le=64, description="Image decode/preprocess threads.")
     prefetch_batches: int = Field(3, ge=1, le=64, description="Batches kept decoded ahead of the encoder.")

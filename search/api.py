@@ -310,7 +310,7 @@ def app_from_settings(settings: SearchSettings, rerankers: dict[str, RerankerFac
         engine = SearchEngine(settings, rerankers=rerankers)
     else:
         log.info("no index in %s yet: loading %s and %s", settings.data_dir, settings.clip_model, settings.text_model)
-        models = build_models(settings.clip_model, settings.text_model, resolve_device(settings.device))
+        models = build_models(settings.clip_model, settings.text_model, resolve_device(settings.device, settings.dtype))
         store = open_store(settings.store_spec(), api_key=settings.qdrant_api_key)
         engine = SearchEngine(settings, store=store, models=models, rerankers=rerankers)
     return create_app(engine, JobRunner(engine), close_on_shutdown=True)

@@ -124,6 +124,21 @@ def test_exif_orientation_is_applied():
     assert r > 200 and b < 60
 
 
+def test_fit_decodes_large_jpegs_at_a_reduced_scale_but_never_below_fit():
+    data = noise_jpeg((700, 500))
+    assert decode_image(data, "big.jpg", POLICY).size == (700, 500)
+    assert decode_image(data, "big.jpg", POLICY, fit=224).size == (350, 250)  # 1/2: 1/4 would cut 125 < 224
+    assert decode_image(data, "big.jpg", POLICY, fit=100).size == (175, 125)
+    assert decode_image(data, "big.jpg", POLICY, fit=600).size == (700, 500)
+    png = encode(Image.new("RGB", (700, 500), "red"), "PNG")
+    assert decode_image(png, "big.png", POLICY, fit=100).size == (700, 500)  # only JPEG has DCT scaling
+    # Orientation is applied after the reduced decode, so a rotated photo still keeps both sides >= fit.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = encode(Image.new("RGB", (700, 500), "blue"), "JPEG", exif=exif.tobytes())
+    assert decode_image(rotated, "rotated.jpg", POLICY, fit=224).size == (250, 350)
+
+
 def test_content_wins_over_extension(tmp_path):
     png = encode(Image.new("RGB", (8, 8), "green"), "PNG")
     img, _ = load_image(write(tmp_path, "really-a-png.jpg", png), POLICY)

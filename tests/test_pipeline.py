@@ -212,3 +212,41 @@ def test_trimmed_text_encoding_matches_open_clip(models):
         alone = torch.cat([encode_text_trimmed(clip.model, clip._tokenizer([t])) for t in texts])
     torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(alone, full, atol=1e-5, rtol=1e-4)
+
+
+def test_dtype_setting_resolves_or_names_the_setting():
+    import torch
+
+    from indexer import EncoderError, resolve_device
+
+    assert resolve_device("cpu").dtype == torch.float32
+    assert resolve_device("cpu", "bf16").dtype == torch.bfloat16
+    assert resolve_device("cpu", "BFloat16").dtype == torch.bfloat16
+    for bad in ("float8", "fp16"):  # unknown, and float16 on a CPU
+        with pytest.raises(EncoderError, match="LOOKALIKE_DTYPE"):
+            resolve_device("cpu", bad)
+
+
+def test_bfloat16_index_stores_float32_unit_vectors_close_to_float32(tmp_path, catalog_path, tiny_clip_spec, text_spec):
+    from indexer import resolve_device
+
+    stored = {}
+    for dtype in ("float32", "bfloat16"):
+        models = build_models(tiny_clip_spec, text_spec, resolve_device("cpu", dtype))
+        for model in (models.clip.model, models.text.model):
+            assert str(next(model.parameters()).dtype) == f"torch.{dtype}"
+        report, count = run_index(catalog_path, tmp_path / dtype, models)
+        assert report.new == count > 0
+        store = open_store(f"edge:{tmp_path / dtype / 'store'}")
+        try:
+            ids = sorted(r.payload[ID_KEY] for r in store.scroll(keys=[ID_KEY]))
+            stored[dtype] = {r.payload[ID_KEY]: r.vectors for r in store.retrieve(ids, with_vectors=True)}
+        finally:
+            store.close()
+    assert stored["float32"].keys() == stored["bfloat16"].keys()
+    for key, full in stored["float32"].items():
+        half = stored["bfloat16"][key]
+        for name in ("image", "text", "semantic"):
+            a, b = np.asarray(full[name]), np.asarray(half[name])
+            assert b.dtype == np.float32 and abs(np.linalg.norm(b) - 1) < 1e-5
+            assert float(a @ b) > 0.98, (key, name, float(a @ b))

@@ -25,6 +25,7 @@ class LookupEncoder:
 
     modalities = frozenset({"image", "text"})
     logit_scale = 100.0
+    image_size = 224
 
     def __init__(self, table: dict[str, np.ndarray], dim: int, model_id: str):
         self.table, self.dim, self.model_id, self.spec = table, dim, model_id, model_id

@@ -212,7 +212,9 @@ class Services:
 
         with self._lock:
             if self._vlm is None:
-                self._vlm = vlm_from_settings(self.vlm_settings, feature, resolve_device(self.vlm_settings.device))
+                self._vlm = vlm_from_settings(
+                    self.vlm_settings, feature, resolve_device(self.vlm_settings.device, self.vlm_settings.dtype)
+                )
             return self._vlm
 
     def generator(self) -> Any:
@@ -220,7 +222,9 @@ class Services:
 
         with self._lock:
             if self._generator is None:
-                self._generator = make_generator(self.gen_settings, resolve_device(self.gen_settings.device))
+                self._generator = make_generator(
+                    self.gen_settings, resolve_device(self.gen_settings.device, self.gen_settings.dtype)
+                )
             return self._generator
 
     def vlm_status(self) -> str:

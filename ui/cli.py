@@ -87,6 +87,10 @@ def index(
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="Decode threads.")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option("--dtype", help="auto | float32 | float16 | bfloat16 (env LOOKALIKE_DTYPE)."),
+    ] = None,
     prune: Annotated[bool, typer.Option("--prune", help="Delete stored items gone from the catalog.")] = False,
     tags: Annotated[
         Path | None, typer.Option("--tags", help="Zero-shot tag vocabulary (YAML: label set -> labels).")
@@ -99,13 +103,18 @@ def index(
 
     with user_errors():
         settings = settings_with(
-            data_dir=data_dir, clip_model=model, text_model=text_model, batch_size=batch_size, workers=workers
+            data_dir=data_dir,
+            clip_model=model,
+            text_model=text_model,
+            batch_size=batch_size,
+            workers=workers,
+            dtype=dtype,
         )
         manifest = IndexManifest.load(settings.data_dir)
         clip_spec, text_spec = resolve_models(settings, manifest)
         vocab = TagVocab.load(tags) if tags else (manifest.tag_vocab() if manifest else None)
         items = read_catalog(catalog)
-        device = resolve_device(settings.device)
+        device = resolve_device(settings.device, settings.dtype)
         log.info("loading models on %s: %s, %s", device, clip_spec, text_spec)
         models = build_models(clip_spec, text_spec, device, vocab)
         store_spec = settings.store_spec()

@@ -55,7 +55,7 @@ def ask(
             raise UserError("give one or more --image files to ask about, or --catalog to ask about the index")
         settings = VLMSettings(**({"data_dir": data_dir} if data_dir else {}))
         try:
-            vlm = vlm_from_settings(settings, "lookalike ask", resolve_device(settings.device))
+            vlm = vlm_from_settings(settings, "lookalike ask", resolve_device(settings.device, settings.dtype))
         except VLMError as exc:
             raise UserError(str(exc)) from None
         try:

@@ -73,7 +73,7 @@ def vary_command(
                 control=control,  # type: ignore[arg-type]  # checked by check_request
                 resolution=resolution,
             )
-            gen = make_generator(settings, resolve_device(settings.device))
+            gen = make_generator(settings, resolve_device(settings.device, settings.dtype))
             result = vary(
                 gen,
                 request,

@@ -22,7 +22,7 @@ def make_vlm(spec: str, settings: VLMSettings, device: Device | None = None) -> 
         case "hf", True:
             from .hf_vlm import HFVLM
 
-            return HFVLM(spec, rest, settings, device or resolve_device(settings.device))
+            return HFVLM(spec, rest, settings, device or resolve_device(settings.device, settings.dtype))
         case _:
             raise VLMNotConfigured(f"cannot read VLM spec {spec!r} (LOOKALIKE_VLM); examples: {EXAMPLES}")
 

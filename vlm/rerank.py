@@ -177,7 +177,9 @@ def vlm_reranker(settings: Settings, lookup: Lookup | None = None) -> Callable[[
                     settings if isinstance(settings, VLMSettings) else VLMSettings(data_dir=settings.data_dir)
                 )
                 try:
-                    vlm = vlm_from_settings(vlm_settings, "--rerank vlm", resolve_device(vlm_settings.device))
+                    vlm = vlm_from_settings(
+                        vlm_settings, "--rerank vlm", resolve_device(vlm_settings.device, vlm_settings.dtype)
+                    )
                 except VLMError as exc:
                     raise RerankError(str(exc)) from None
                 made.append(VLMReranker(vlm, vlm_settings, lookup=lookup))
