@@ -143,6 +143,7 @@ def main() -> None:
                 load = time.perf_counter() - t0
                 nq = args.queries if name == "edge" else args.local_queries
                 timed = TimedStore(store)
+                (Path(tmp) / name).mkdir()
                 engine = SearchEngine(SearchSettings(data_dir=Path(tmp) / name), store=timed, models=models)
                 engine.calibration()  # fitted once per index and cached; not part of a query
                 measured = measure(engine, timed, nq)

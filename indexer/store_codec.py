@@ -35,6 +35,12 @@ from .store import (
 FIELD_KINDS: tuple[str, ...] = get_args(FieldKind)
 _RANGE_KEYS = frozenset({"gt", "gte", "lt", "lte"})
 META_FORMAT = 1
+# New collections keep an int8 copy of each vector in RAM (values clipped to their 0.99 quantile);
+# searches walk the graph on the copies, then rescore the best OVERSAMPLING x limit on the float32
+# originals, so the scores a search returns are exact. On 20k-100k items this made searches 2-2.5x
+# faster (benchmarks/search_latency.py), for a quarter more memory per vector.
+QUANTILE = 0.99
+OVERSAMPLING = 2.0
 
 
 # -- schema -------------------------------------------------------------------------------------

@@ -51,6 +51,9 @@ _MODELS = codec.FilterModels(
     has_id=lambda ids: qe.HasIdCondition(set(ids)),
     supports_bool_match=False,
 )
+_QUANTIZED = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=codec.QUANTILE, always_ram=True)
+_RESCORED = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=codec.OVERSAMPLING))
+_EXACT = qe.SearchParams(exact=True)
 _INDEX_TYPES: dict[str, Any] = {
     "keyword": qe.PayloadSchemaType.Keyword,
     "integer": qe.PayloadSchemaType.Integer,
@@ -114,7 +117,7 @@ class EdgeStore(SingleSearch):
         if self._shard is None:
             config = qe.EdgeConfig(
                 vectors={
-                    name: qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)
+                    name: qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, quantization_config=_QUANTIZED)
                     for name, size in schema.vectors.items()
                 },
                 optimizers=qe.EdgeOptimizersConfig(indexing_threshold=_INDEXING_THRESHOLD_KB),
@@ -207,7 +210,7 @@ class EdgeStore(SingleSearch):
                 with_payload=False if codec.ids_only(r) else _payload_selector(r.keys),
                 with_vector=codec.vector_selector(r.with_vectors),
                 # Scoring a known set of ids: exact, or the graph search would walk (and may miss) them.
-                params=qe.SearchParams(exact=True) if r.ids is not None else None,
+                params=_EXACT if r.ids is not None else _RESCORED,
             )
             for r in requests
         ]
@@ -227,11 +230,12 @@ class EdgeStore(SingleSearch):
         shard = self._require_shard()
         condition = codec.to_filter(flt, _MODELS)
         # First the union, scored on the first vector: one graph search per vector, with the filter.
-        prefetch = [qe.Prefetch(limit=limit, query=q, filter=condition) for q in queries.values()]
+        prefetch = [qe.Prefetch(limit=limit, query=q, filter=condition, params=_RESCORED) for q in queries.values()]
         first = qe.QueryRequest(
             limit=limit * len(names),
             prefetches=prefetch,
             query=queries[names[0]],
+            params=_EXACT,
             with_payload=_payload_selector([]),
             with_vector=False,
         )
@@ -247,7 +251,7 @@ class EdgeStore(SingleSearch):
                     filter=among,
                     with_payload=False,
                     with_vector=False,
-                    params=qe.SearchParams(exact=True),
+                    params=_EXACT,
                 )
                 for n in names[1:]
             ]

@@ -58,6 +58,11 @@ _MODELS = codec.FilterModels(
     Range=qm.Range,
     has_id=lambda ids: qm.HasIdCondition(has_id=ids),
 )
+_QUANTIZED = qm.ScalarQuantization(
+    scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=codec.QUANTILE, always_ram=True)
+)
+_RESCORED = qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=True, oversampling=codec.OVERSAMPLING))
+_EXACT = qm.SearchParams(exact=True)
 _INDEX_TYPES: dict[str, qm.PayloadSchemaType] = {
     "keyword": qm.PayloadSchemaType.KEYWORD,
     "integer": qm.PayloadSchemaType.INTEGER,
@@ -165,6 +170,7 @@ class QdrantStore(SingleSearch):
                 name: qm.VectorParams(size=size, distance=qm.Distance.COSINE) for name, size in schema.vectors.items()
             },
             metadata={META_KEY: codec.meta_to_json(schema, {})},
+            quantization_config=_QUANTIZED,
             **self._layout(),
         )
         self._schema, self._indexes = schema, {}
@@ -178,6 +184,10 @@ class QdrantStore(SingleSearch):
         peers = len(status.peers) if getattr(status, "status", "disabled") == "enabled" else 1
         # a replica on the same peer protects nothing, so one node gets factor 1
         return {"shard_number": SHARDS_PER_PEER * peers, "replication_factor": min(REPLICATION_FACTOR, peers)}
+
+    def _params(self, exact: bool) -> qm.SearchParams | None:
+        # The in-process client always searches exactly, and warns about any search params.
+        return None if self._is_local() else _EXACT if exact else _RESCORED
 
     def _is_local(self) -> bool:
         if self._local is None:
@@ -318,6 +328,7 @@ class QdrantStore(SingleSearch):
                     offset=r.offset,
                     with_payload=False if codec.ids_only(r) else True if selected is None else selected,
                     with_vector=codec.vector_selector(r.with_vectors),
+                    params=self._params(exact=r.ids is not None),
                 )
             )
         results = self._call(self._client.query_batch_points, self.collection, requests=batch)
@@ -334,7 +345,10 @@ class QdrantStore(SingleSearch):
         schema = self.schema()
         queries = {n: codec.query_vector(schema, n, v) for n, v in vectors.items()}
         condition = codec.to_filter(flt, _MODELS)
-        prefetch = [qm.Prefetch(query=q, using=n, limit=limit, filter=condition) for n, q in queries.items()]
+        prefetch = [
+            qm.Prefetch(query=q, using=n, limit=limit, filter=condition, params=self._params(exact=False))
+            for n, q in queries.items()
+        ]
         names = list(queries)
         batch = [
             qm.QueryRequest(
@@ -344,6 +358,7 @@ class QdrantStore(SingleSearch):
                 limit=limit * len(names),
                 with_payload=codec.payload_keys([]) if j == 0 else False,
                 with_vector=False,
+                params=self._params(exact=True),
             )
             for j, n in enumerate(names)
         ]
