@@ -27,6 +27,7 @@ from indexer import (
     ImagePolicy,
     IndexOptions,
     build_models,
+    cpu_has_native_bf16,
     index_catalog,
     open_store,
     read_catalog,
@@ -122,8 +123,7 @@ def dtype_name(device: Device) -> str:
 
 
 def default_dtypes(device: Device) -> str:
-    native_bf16 = device.device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "auto,bfloat16" if native_bf16 else "auto"
+    return "auto,bfloat16" if device.device.type == "cpu" and cpu_has_native_bf16() else "auto"
 
 
 if __name__ == "__main__":

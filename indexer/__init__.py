@@ -1,7 +1,7 @@
 """Catalog -> embeddings -> vector store."""
 
 from .catalog import Catalog, CatalogError, CatalogItem, read_catalog
-from .encoders import Device, Encoder, EncoderError, make_encoder, resolve_device
+from .encoders import Device, Encoder, EncoderError, cpu_has_native_bf16, make_encoder, resolve_device
 from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
 from .manifest import IndexManifest, build_models
 from .pipeline import IndexOptions, IndexReport, Models, index_catalog
@@ -54,4 +54,5 @@ __all__ = [
     "open_store",
     "read_catalog",
     "resolve_device",
+    "cpu_has_native_bf16",
 ]

@@ -9,6 +9,7 @@ the catalog id is what every caller sees.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ ID_KEY = "_id"
 HASH_KEY = "_hash"
 RESERVED_KEYS = frozenset({ID_KEY, HASH_KEY})
 _NAMESPACE = uuid.UUID("6f1c6c1e-3b0a-5d4e-9a57-1f0f6c0b8a11")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
 
 FieldKind = Literal["keyword", "float", "integer", "bool"]
 
@@ -33,8 +35,15 @@ class SchemaMismatch(StoreError):
 
 
 def point_id(item_id: str) -> str:
-    """Stable Qdrant point id for a catalog id."""
-    return str(uuid.uuid5(_NAMESPACE, item_id))
+    """Stable Qdrant point id for a catalog id: ``str(uuid.uuid5(_NAMESPACE, item_id))``.
+
+    Spelled out because a search maps hundreds of ids each way, and ``uuid.UUID`` objects made that a
+    third of a composed query's store time."""
+    b = bytearray(hashlib.sha1(_NAMESPACE_BYTES + item_id.encode()).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50  # version 5
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True)

@@ -146,10 +146,23 @@ def to_record(payload: dict[str, Any] | None, vectors: Any = None) -> Record:
     return Record(id=str(payload.get(ID_KEY, "")), payload=payload, vectors=_vectors_out(vectors))
 
 
+def wants_ids_only(keys: Iterable[str] | None) -> bool:
+    """``keys=[]``: only the catalog id is wanted, and a caller who names the items already knows it."""
+    return keys is not None and not list(keys)
+
+
 def ids_only(request: SearchRequest) -> bool:
     """A search among known ids that wants no payload: the point ids name the items, so the store
     need not load any payload (the costly part of a small search)."""
-    return request.ids is not None and request.keys is not None and not request.keys
+    return request.ids is not None and wants_ids_only(request.keys)
+
+
+def by_point_id(ids: Sequence[str], found: Iterable[tuple[Any, Any]]) -> list[Record]:
+    """Records for (point id, vectors) pairs fetched without payload, named by the requested ``ids``,
+    in their order."""
+    names = {point_id(i): i for i in ids}
+    records = (Record(names[str(pid)], {ID_KEY: names[str(pid)]}, _vectors_out(vectors)) for pid, vectors in found)
+    return in_order(ids, records)
 
 
 def to_scored_list(request: SearchRequest, hits: Iterable[tuple[Any, float, Any, Any]]) -> list[ScoredPoint]:

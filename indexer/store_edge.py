@@ -190,12 +190,15 @@ class EdgeStore(SingleSearch):
     ) -> list[Record]:
         if not ids or self._shard is None:
             return []
+        ids_only = codec.wants_ids_only(keys)
         found = self._call(
             self._shard.retrieve,
             list(dict.fromkeys(point_id(i) for i in ids)),
-            with_payload=_payload_selector(keys),
+            with_payload=False if ids_only else _payload_selector(keys),
             with_vector=codec.vector_selector(with_vectors),
         )
+        if ids_only:
+            return codec.by_point_id(ids, ((r.id, r.vector) for r in found))
         return codec.in_order(ids, (codec.to_record(r.payload, r.vector) for r in found))
 
     def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:

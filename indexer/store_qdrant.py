@@ -303,13 +303,16 @@ class QdrantStore(SingleSearch):
         if not ids or self.schema() is None:
             return []
         selected = codec.payload_keys(keys)
+        ids_only = codec.wants_ids_only(keys)
         found = self._call(
             self._client.retrieve,
             self.collection,
             ids=list(dict.fromkeys(point_id(i) for i in ids)),
-            with_payload=True if selected is None else selected,
+            with_payload=False if ids_only else True if selected is None else selected,
             with_vectors=codec.vector_selector(with_vectors),
         )
+        if ids_only:
+            return codec.by_point_id(ids, ((r.id, r.vector) for r in found))
         return codec.in_order(ids, (codec.to_record(r.payload, r.vector) for r in found))
 
     def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:

@@ -392,7 +392,7 @@ class SearchEngine:
         return {"image": w["image"], "text": w["text"] * (1 - share), "semantic": w["text"] * share}
 
     def _stored_vectors(self, item_id: str) -> dict[str, np.ndarray]:
-        found = self.store.retrieve([item_id], with_vectors=True)
+        found = self.store.retrieve([item_id], with_vectors=True, keys=[])
         if not found:
             raise QueryError(f"unknown item id {item_id!r}")
         return found[0].vectors

@@ -238,6 +238,13 @@ class TestContract:
     def test_retrieve_selected_vectors_and_keys(self, store):
         (rec,) = store.retrieve(["p2"], with_vectors=["image"], keys=["category"])
         assert set(rec.vectors) == {"image"} and rec.payload == {"category": "shoe", ID_KEY: "p2"}
+        # keys=[]: the ids asked for name the records; repeated and missing ids as for any retrieve.
+        recs = store.retrieve(["p5", "nope", "p2", "p5"], with_vectors=["text"], keys=[])
+        assert [(r.id, r.payload, set(r.vectors)) for r in recs] == [
+            ("p5", {ID_KEY: "p5"}, {"text"}),
+            ("p2", {ID_KEY: "p2"}, {"text"}),
+            ("p5", {ID_KEY: "p5"}, {"text"}),
+        ]
 
     @pytest.mark.parametrize(
         "flt,expected",
@@ -560,3 +567,12 @@ def test_in_order_follows_the_request():
 
     recs = [Record(i, {}) for i in ("c", "a", "b")]  # a server may answer in any order
     assert [r.id for r in in_order(["a", "x", "b", "c"], recs)] == ["a", "b", "c"]
+
+
+def test_point_id_is_uuid5_of_the_catalog_id():
+    import uuid
+
+    from indexer.store import _NAMESPACE, point_id
+
+    for item_id in ["", "p1", "shoes/red sneaker.jpg", "ß-中-é", "x" * 300]:
+        assert point_id(item_id) == str(uuid.uuid5(_NAMESPACE, item_id))
