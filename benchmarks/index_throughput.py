@@ -80,8 +80,9 @@ def main() -> None:
     policy = ImagePolicy(max_bytes=50_000_000, max_pixels=100_000_000, url_timeout=5, allow_private_urls=False)
     options = IndexOptions(batch_size=args.batch_size, workers=args.workers, optimize_threshold=10**9)
     devices = [resolve_device(args.device, dtype) for dtype in dtypes]
-    naive_models = build_models(f"openclip:{args.arch}/random", "st:all-MiniLM-L6-v2", device)
     models = [build_models(f"openclip:{args.arch}/random", "st:all-MiniLM-L6-v2", d) for d in devices]
+    same = [m for d, m in zip(devices, models, strict=True) if d == device]
+    naive_models = same[0] if same else build_models(f"openclip:{args.arch}/random", "st:all-MiniLM-L6-v2", device)
     print(
         f"device: {device.device}  arch: {args.arch}  items: {args.items}  jpeg: {args.image_size}px  "
         f"threads: {torch.get_num_threads()}  batch: {args.batch_size}  workers: {args.workers}"
