@@ -146,21 +146,28 @@ def to_record(payload: dict[str, Any] | None, vectors: Any = None) -> Record:
     return Record(id=str(payload.get(ID_KEY, "")), payload=payload, vectors=_vectors_out(vectors))
 
 
-def wants_ids_only(keys: Iterable[str] | None) -> bool:
-    """``keys=[]``: only the catalog id is wanted, and a caller who names the items already knows it."""
-    return keys is not None and not list(keys)
+def payload_wanted(keys: Iterable[str] | None, named: bool = False) -> bool | list[str]:
+    """The payload to fetch: True for all of it, else ``keys`` plus the catalog id; False when only
+    the catalog id is wanted (``keys=[]``) of items the caller ``named``, since their point ids say
+    which they are and no payload need be read (the costly part of a small fetch or search)."""
+    if named and keys is not None and not list(keys):
+        return False
+    selected = payload_keys(keys)
+    return True if selected is None else selected
 
 
 def ids_only(request: SearchRequest) -> bool:
-    """A search among known ids that wants no payload: the point ids name the items, so the store
-    need not load any payload (the costly part of a small search)."""
-    return request.ids is not None and wants_ids_only(request.keys)
+    return payload_wanted(request.keys, named=request.ids is not None) is False
 
 
-def by_point_id(ids: Sequence[str], found: Iterable[tuple[Any, Any]]) -> list[Record]:
-    """Records for (point id, vectors) pairs fetched without payload, named by the requested ``ids``,
-    in their order."""
-    names = {point_id(i): i for i in ids}
+def point_names(ids: Iterable[str]) -> dict[str, str]:
+    """Point id -> catalog id for the items ``ids``, in their order, each once."""
+    return {point_id(i): i for i in ids}
+
+
+def by_point_id(ids: Sequence[str], names: dict[str, str], found: Iterable[tuple[Any, Any]]) -> list[Record]:
+    """Records for (point id, vectors) pairs fetched without payload, named through ``names``
+    (:func:`point_names` of ``ids``), in the order of ``ids``."""
     records = (Record(names[str(pid)], {ID_KEY: names[str(pid)]}, _vectors_out(vectors)) for pid, vectors in found)
     return in_order(ids, records)
 
@@ -168,7 +175,7 @@ def by_point_id(ids: Sequence[str], found: Iterable[tuple[Any, Any]]) -> list[Re
 def to_scored_list(request: SearchRequest, hits: Iterable[tuple[Any, float, Any, Any]]) -> list[ScoredPoint]:
     """A binding's (point id, score, payload, vector) hits for ``request`` as ScoredPoints."""
     if ids_only(request):
-        names = {point_id(i): i for i in request.ids or ()}
+        names = point_names(request.ids or ())
         return [
             ScoredPoint(names[str(pid)], float(score), {ID_KEY: names[str(pid)]}, _vectors_out(vector) or None)
             for pid, score, _, vector in hits

@@ -190,15 +190,16 @@ class EdgeStore(SingleSearch):
     ) -> list[Record]:
         if not ids or self._shard is None:
             return []
-        ids_only = codec.wants_ids_only(keys)
+        names = codec.point_names(ids)
+        wanted = codec.payload_wanted(keys, named=True)
         found = self._call(
             self._shard.retrieve,
-            list(dict.fromkeys(point_id(i) for i in ids)),
-            with_payload=False if ids_only else _payload_selector(keys),
+            list(names),
+            with_payload=_payload_selector(wanted),
             with_vector=codec.vector_selector(with_vectors),
         )
-        if ids_only:
-            return codec.by_point_id(ids, ((r.id, r.vector) for r in found))
+        if wanted is False:
+            return codec.by_point_id(ids, names, ((r.id, r.vector) for r in found))
         return codec.in_order(ids, (codec.to_record(r.payload, r.vector) for r in found))
 
     def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:
@@ -210,7 +211,7 @@ class EdgeStore(SingleSearch):
                 offset=r.offset,
                 query=qe.Query.Nearest(codec.query_vector(self._schema, r.vector_name, r.vector), using=r.vector_name),
                 filter=codec.to_filter(r.filter, _MODELS, r.ids),
-                with_payload=False if codec.ids_only(r) else _payload_selector(r.keys),
+                with_payload=_payload_selector(codec.payload_wanted(r.keys, named=r.ids is not None)),
                 with_vector=codec.vector_selector(r.with_vectors),
                 # Scoring a known set of ids: exact, or the graph search would walk (and may miss) them.
                 params=_EXACT if r.ids is not None else _RESCORED,
@@ -239,7 +240,7 @@ class EdgeStore(SingleSearch):
             prefetches=prefetch,
             query=queries[names[0]],
             params=_EXACT,
-            with_payload=_payload_selector([]),
+            with_payload=_payload_selector(codec.payload_wanted([])),
             with_vector=False,
         )
         union = self._call(shard.query, first)
@@ -265,7 +266,7 @@ class EdgeStore(SingleSearch):
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         if self._shard is None:
             return
-        with_payload = _payload_selector(keys)
+        with_payload = _payload_selector(codec.payload_wanted(keys))
         offset = None
         while True:
             request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=with_payload, with_vector=False)
@@ -335,6 +336,5 @@ class EdgeStore(SingleSearch):
             raise
 
 
-def _payload_selector(keys: Iterable[str] | None) -> Any:
-    selected = codec.payload_keys(keys)
-    return True if selected is None else qe.PayloadSelector.Include(selected)
+def _payload_selector(wanted: bool | list[str]) -> Any:
+    return qe.PayloadSelector.Include(wanted) if isinstance(wanted, list) else wanted

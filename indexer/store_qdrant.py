@@ -302,17 +302,17 @@ class QdrantStore(SingleSearch):
     ) -> list[Record]:
         if not ids or self.schema() is None:
             return []
-        selected = codec.payload_keys(keys)
-        ids_only = codec.wants_ids_only(keys)
+        names = codec.point_names(ids)
+        wanted = codec.payload_wanted(keys, named=True)
         found = self._call(
             self._client.retrieve,
             self.collection,
-            ids=list(dict.fromkeys(point_id(i) for i in ids)),
-            with_payload=False if ids_only else True if selected is None else selected,
+            ids=list(names),
+            with_payload=wanted,
             with_vectors=codec.vector_selector(with_vectors),
         )
-        if ids_only:
-            return codec.by_point_id(ids, ((r.id, r.vector) for r in found))
+        if wanted is False:
+            return codec.by_point_id(ids, names, ((r.id, r.vector) for r in found))
         return codec.in_order(ids, (codec.to_record(r.payload, r.vector) for r in found))
 
     def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:
@@ -321,7 +321,6 @@ class QdrantStore(SingleSearch):
         schema = self.schema()
         batch = []
         for r in requests:
-            selected = codec.payload_keys(r.keys)
             batch.append(
                 qm.QueryRequest(
                     query=codec.query_vector(schema, r.vector_name, r.vector),
@@ -329,7 +328,7 @@ class QdrantStore(SingleSearch):
                     filter=codec.to_filter(r.filter, _MODELS, r.ids),
                     limit=r.limit,
                     offset=r.offset,
-                    with_payload=False if codec.ids_only(r) else True if selected is None else selected,
+                    with_payload=codec.payload_wanted(r.keys, named=r.ids is not None),
                     with_vector=codec.vector_selector(r.with_vectors),
                     params=self._params(exact=r.ids is not None),
                 )
@@ -359,7 +358,7 @@ class QdrantStore(SingleSearch):
                 using=n,
                 prefetch=prefetch,
                 limit=limit * len(names),
-                with_payload=codec.payload_keys([]) if j == 0 else False,
+                with_payload=codec.payload_wanted([]) if j == 0 else False,
                 with_vector=False,
                 params=self._params(exact=True),
             )
@@ -371,7 +370,7 @@ class QdrantStore(SingleSearch):
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         if self.schema() is None:
             return
-        selected = codec.payload_keys(keys)
+        wanted = codec.payload_wanted(keys)
         offset = None
         while True:
             page, offset = self._call(
@@ -379,7 +378,7 @@ class QdrantStore(SingleSearch):
                 self.collection,
                 limit=batch,
                 offset=offset,
-                with_payload=True if selected is None else selected,
+                with_payload=wanted,
                 with_vectors=False,
             )
             for r in page:

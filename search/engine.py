@@ -252,7 +252,8 @@ class SearchEngine:
         results = self.store.search_batch([SearchRequest("image", vec, pool, flt, keys=[]) for vec in probes])
         wanted = list(dict.fromkeys(p.id for points in results for p in points))
         # One fetch for the union of the probes, and only the vectors the scoring reads.
-        found = {r.id: r for r in self.store.retrieve(wanted, with_vectors=["image", "text"], keys=[])}
+        read = ["image"] if method == "arithmetic" else ["image", "text"]
+        found = {r.id: r for r in self.store.retrieve(wanted, with_vectors=read, keys=[])}
         ids = [i for i in wanted if i in found]
         if not ids:
             return []
