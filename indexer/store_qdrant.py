@@ -63,6 +63,7 @@ _QUANTIZED = qm.ScalarQuantization(
 )
 _RESCORED = qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=True, oversampling=codec.OVERSAMPLING))
 _EXACT = qm.SearchParams(exact=True)
+_CANDIDATES = qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=False))  # as in store_edge
 _INDEX_TYPES: dict[str, qm.PayloadSchemaType] = {
     "keyword": qm.PayloadSchemaType.KEYWORD,
     "integer": qm.PayloadSchemaType.INTEGER,
@@ -185,9 +186,9 @@ class QdrantStore(SingleSearch):
         # a replica on the same peer protects nothing, so one node gets factor 1
         return {"shard_number": SHARDS_PER_PEER * peers, "replication_factor": min(REPLICATION_FACTOR, peers)}
 
-    def _params(self, exact: bool) -> qm.SearchParams | None:
+    def _params(self, params: qm.SearchParams) -> qm.SearchParams | None:
         # The in-process client always searches exactly, and warns about any search params.
-        return None if self._is_local() else _EXACT if exact else _RESCORED
+        return None if self._is_local() else params
 
     def _is_local(self) -> bool:
         if self._local is None:
@@ -330,7 +331,7 @@ class QdrantStore(SingleSearch):
                     offset=r.offset,
                     with_payload=codec.payload_wanted(r.keys, named=r.ids is not None),
                     with_vector=codec.vector_selector(r.with_vectors),
-                    params=self._params(exact=r.ids is not None),
+                    params=self._params(_EXACT if r.ids is not None else _RESCORED),
                 )
             )
         results = self._call(self._client.query_batch_points, self.collection, requests=batch)
@@ -348,7 +349,7 @@ class QdrantStore(SingleSearch):
         queries = {n: codec.query_vector(schema, n, v) for n, v in vectors.items()}
         condition = codec.to_filter(flt, _MODELS)
         prefetch = [
-            qm.Prefetch(query=q, using=n, limit=limit, filter=condition, params=self._params(exact=False))
+            qm.Prefetch(query=q, using=n, limit=limit, filter=condition, params=self._params(_CANDIDATES))
             for n, q in queries.items()
         ]
         names = list(queries)
@@ -360,7 +361,7 @@ class QdrantStore(SingleSearch):
                 limit=limit * len(names),
                 with_payload=codec.payload_wanted([]) if j == 0 else False,
                 with_vector=False,
-                params=self._params(exact=True),
+                params=self._params(_EXACT),
             )
             for j, n in enumerate(names)
         ]

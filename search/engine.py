@@ -249,12 +249,12 @@ class SearchEngine:
         if method != "arithmetic" and means is not None:
             moved = image_space_query(reference, attribute, means)
             probes += [moved] if moved is not None else []
-        results = self.store.search_batch([SearchRequest("image", vec, pool, flt, keys=[]) for vec in probes])
-        wanted = list(dict.fromkeys(p.id for points in results for p in points))
-        # One fetch for the union of the probes, and only the vectors the scoring reads.
+        # The probes bring the vectors the scoring reads: one store call, and candidates found by
+        # several probes cost a few repeated vectors rather than a second fetch of all of them.
         read = ["image"] if method == "arithmetic" else ["image", "text"]
-        found = {r.id: r for r in self.store.retrieve(wanted, with_vectors=read, keys=[])}
-        ids = [i for i in wanted if i in found]
+        requests = [SearchRequest("image", vec, pool, flt, with_vectors=read, keys=[]) for vec in probes]
+        found = {p.id: p for points in self.store.search_batch(requests) for p in points}
+        ids = list(found)
         if not ids:
             return []
         images = np.stack([found[i].vectors["image"] for i in ids])
@@ -274,27 +274,35 @@ class SearchEngine:
             parts = {"structure": scores.structure, "modifier": scores.modifier}
             if scores.verify is not None:
                 parts["verify"] = scores.verify
+        # Every candidate gets its explanation: rounded as whole arrays, which per-value round()
+        # calls over a few hundred candidates made a visible part of the query.
+        shown = {
+            k: np.round(v, 4).tolist()
+            for k, v in {
+                "fused": order_score,
+                "ref_raw": images @ reference,
+                "ref_rel": ref_rel,
+                "mod_raw": images @ modifier,
+                "mod_rel": mod_rel,
+                **{f"part:{k}": v for k, v in parts.items()},
+            }.items()
+        }
+        score = (0.5 * ref_rel + 0.5 * mod_rel).tolist()
+        asked = {attribute.name: attribute.labels[attribute.target]} if attribute else None
         hits = []
-        for i in np.argsort(-order_score, kind="stable"):
+        for i in np.argsort(-order_score, kind="stable").tolist():
             explanation = {
                 "query": "composed",
                 "method": method,
-                "attribute": {attribute.name: attribute.labels[attribute.target]} if attribute else None,
-                "fused": round(float(order_score[i]), 4),
-                "parts": {k: round(float(v[i]), 4) for k, v in parts.items()},
+                "attribute": dict(asked) if asked else None,
+                "fused": shown["fused"][i],
+                "parts": {k: shown[f"part:{k}"][i] for k in parts},
                 "channels": {
-                    "image": {
-                        "raw": round(float(images[i] @ reference), 4),
-                        "calibrated": round(float(ref_rel[i]), 4),
-                    },
-                    "modifier": {
-                        "raw": round(float(images[i] @ modifier), 4),
-                        "calibrated": round(float(mod_rel[i]), 4),
-                    },
+                    "image": {"raw": shown["ref_raw"][i], "calibrated": shown["ref_rel"][i]},
+                    "modifier": {"raw": shown["mod_raw"][i], "calibrated": shown["mod_rel"][i]},
                 },
             }
-            score = 0.5 * float(ref_rel[i]) + 0.5 * float(mod_rel[i])
-            hits.append(Hit(ids[i], score, {}, explanation, {"image": images[i]}))
+            hits.append(Hit(ids[i], score[i], {}, explanation, {"image": images[i]}))
         return hits
 
     def _apply_negative(self, hits: list[Hit], negative: str) -> list[Hit]:
