@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from .encoders import Device
 
 DEFAULT_CLIP = "openclip:ViT-B-32/laion2b_s34b_b79k"
 DEFAULT_TEXT = "st:all-MiniLM-L6-v2"
@@ -38,3 +42,9 @@ class Settings(BaseSettings):
 
     def store_spec(self) -> str:
         return self.store or f"edge:{self.data_dir / 'store'}"
+
+    def torch_device(self) -> Device:
+        """The device and dtype the models run on (``device`` and ``dtype``), checked."""
+        from .encoders import resolve_device  # torch is imported only by those who run models
+
+        return resolve_device(self.device, self.dtype)

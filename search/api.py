@@ -37,7 +37,6 @@ from indexer import (
     TagVocabError,
     build_models,
     open_store,
-    resolve_device,
 )
 from indexer.images import decode_upload, is_url, load_image
 
@@ -310,7 +309,7 @@ def app_from_settings(settings: SearchSettings, rerankers: dict[str, RerankerFac
         engine = SearchEngine(settings, rerankers=rerankers)
     else:
         log.info("no index in %s yet: loading %s and %s", settings.data_dir, settings.clip_model, settings.text_model)
-        models = build_models(settings.clip_model, settings.text_model, resolve_device(settings.device, settings.dtype))
+        models = build_models(settings.clip_model, settings.text_model, settings.torch_device())
         store = open_store(settings.store_spec(), api_key=settings.qdrant_api_key)
         engine = SearchEngine(settings, store=store, models=models, rerankers=rerankers)
     return create_app(engine, JobRunner(engine), close_on_shutdown=True)

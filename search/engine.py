@@ -22,7 +22,6 @@ from indexer import (
     VectorStore,
     build_models,
     open_store,
-    resolve_device,
 )
 from indexer.store import ID_KEY
 from indexer.tags import label_embeddings
@@ -71,9 +70,7 @@ class SearchEngine:
         self.store = store or open_store(manifest.store, api_key=settings.qdrant_api_key)
         vocab = manifest.tag_vocab() if manifest else None
         if models is None:
-            models = build_models(
-                manifest.clip_model, manifest.text_model, resolve_device(settings.device, settings.dtype)
-            )
+            models = build_models(manifest.clip_model, manifest.text_model, settings.torch_device())
         self.models = models
         if vocab is None and models.tagger is not None:
             vocab = models.tagger.vocab
@@ -259,8 +256,9 @@ class SearchEngine:
             return []
         images = np.stack([found[i].vectors["image"] for i in ids])
         cal = self.calibration()
-        ref_rel = cal["image>image"].apply(images @ reference) if cal else images @ reference
-        mod_rel = cal["text>image"].apply(images @ modifier) if cal else images @ modifier
+        ref_raw, mod_raw = images @ reference, images @ modifier
+        ref_rel = cal["image>image"].apply(ref_raw) if cal else ref_raw
+        mod_rel = cal["text>image"].apply(mod_raw) if cal else mod_raw
         if method == "arithmetic":
             order_score = images @ arithmetic
             parts: dict[str, np.ndarray] = {"arithmetic": order_score}
@@ -276,18 +274,11 @@ class SearchEngine:
                 parts["verify"] = scores.verify
         # Every candidate gets its explanation: rounded as whole arrays, which per-value round()
         # calls over a few hundred candidates made a visible part of the query.
-        shown = {
-            k: np.round(v, 4).tolist()
-            for k, v in {
-                "fused": order_score,
-                "ref_raw": images @ reference,
-                "ref_rel": ref_rel,
-                "mod_raw": images @ modifier,
-                "mod_rel": mod_rel,
-                **{f"part:{k}": v for k, v in parts.items()},
-            }.items()
-        }
         score = (0.5 * ref_rel + 0.5 * mod_rel).tolist()
+        fused, ref_raw, ref_rel, mod_raw, mod_rel = (
+            _rounded(v) for v in (order_score, ref_raw, ref_rel, mod_raw, mod_rel)
+        )
+        shown_parts = {k: _rounded(v) for k, v in parts.items()}
         asked = {attribute.name: attribute.labels[attribute.target]} if attribute else None
         hits = []
         for i in np.argsort(-order_score, kind="stable").tolist():
@@ -295,11 +286,11 @@ class SearchEngine:
                 "query": "composed",
                 "method": method,
                 "attribute": dict(asked) if asked else None,
-                "fused": shown["fused"][i],
-                "parts": {k: shown[f"part:{k}"][i] for k in parts},
+                "fused": fused[i],
+                "parts": {k: v[i] for k, v in shown_parts.items()},
                 "channels": {
-                    "image": {"raw": shown["ref_raw"][i], "calibrated": shown["ref_rel"][i]},
-                    "modifier": {"raw": shown["mod_raw"][i], "calibrated": shown["mod_rel"][i]},
+                    "image": {"raw": ref_raw[i], "calibrated": ref_rel[i]},
+                    "modifier": {"raw": mod_raw[i], "calibrated": mod_rel[i]},
                 },
             }
             hits.append(Hit(ids[i], score[i], {}, explanation, {"image": images[i]}))
@@ -475,3 +466,8 @@ def fit_calibration(store: VectorStore, sample: int) -> dict[str, Calibration]:
         scores = background_scores(vec[q], vec[v], n_pairs=20 * len(records), seed=0)
         out[channel] = fit_background(scores, channel=channel)
     return out
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    """Explanation figures: 4 decimals, as Python floats."""
+    return np.round(values, 4).tolist()

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from pydantic import Field
 
 from generation import GeneratorError, GeneratorSettings, RequestError
-from indexer import CatalogError, ImageError, ImagePolicy, StoreError, TagVocabError, resolve_device
+from indexer import CatalogError, ImageError, ImagePolicy, StoreError, TagVocabError
 from indexer.images import is_url, load_image
 from search import FilterError, QueryError, RerankError, SearchEngine, SearchSettings
 from search.jobs import JobConflict, JobRunner
@@ -212,9 +212,7 @@ class Services:
 
         with self._lock:
             if self._vlm is None:
-                self._vlm = vlm_from_settings(
-                    self.vlm_settings, feature, resolve_device(self.vlm_settings.device, self.vlm_settings.dtype)
-                )
+                self._vlm = vlm_from_settings(self.vlm_settings, feature, self.vlm_settings.torch_device())
             return self._vlm
 
     def generator(self) -> Any:
@@ -222,9 +220,7 @@ class Services:
 
         with self._lock:
             if self._generator is None:
-                self._generator = make_generator(
-                    self.gen_settings, resolve_device(self.gen_settings.device, self.gen_settings.dtype)
-                )
+                self._generator = make_generator(self.gen_settings, self.gen_settings.torch_device())
             return self._generator
 
     def vlm_status(self) -> str:

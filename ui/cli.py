@@ -25,7 +25,6 @@ from indexer import (
     index_catalog,
     open_store,
     read_catalog,
-    resolve_device,
 )
 
 app = typer.Typer(
@@ -114,7 +113,7 @@ def index(
         clip_spec, text_spec = resolve_models(settings, manifest)
         vocab = TagVocab.load(tags) if tags else (manifest.tag_vocab() if manifest else None)
         items = read_catalog(catalog)
-        device = resolve_device(settings.device, settings.dtype)
+        device = settings.torch_device()
         log.info("loading models on %s: %s, %s", device, clip_spec, text_spec)
         models = build_models(clip_spec, text_spec, device, vocab)
         store_spec = settings.store_spec()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from indexer import ImageError, ImagePolicy, resolve_device
+from indexer import ImageError, ImagePolicy
 from indexer.images import load_image
 from search import FilterError, QueryError, parse_filters
 from vlm import Answer, AskError, VLMError, VLMSettings, ask_catalog, ask_images, vlm_from_settings
@@ -55,7 +55,7 @@ def ask(
             raise UserError("give one or more --image files to ask about, or --catalog to ask about the index")
         settings = VLMSettings(**({"data_dir": data_dir} if data_dir else {}))
         try:
-            vlm = vlm_from_settings(settings, "lookalike ask", resolve_device(settings.device, settings.dtype))
+            vlm = vlm_from_settings(settings, "lookalike ask", settings.torch_device())
         except VLMError as exc:
             raise UserError(str(exc)) from None
         try:

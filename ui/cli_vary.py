@@ -20,7 +20,7 @@ from generation import (
     make_generator,
     vary,
 )
-from indexer import ImageError, ImagePolicy, IndexManifest, resolve_device
+from indexer import ImageError, ImagePolicy, IndexManifest
 from indexer.images import is_url, load_image
 from search import QueryError, SearchEngine, SearchSettings
 
@@ -73,7 +73,7 @@ def vary_command(
                 control=control,  # type: ignore[arg-type]  # checked by check_request
                 resolution=resolution,
             )
-            gen = make_generator(settings, resolve_device(settings.device, settings.dtype))
+            gen = make_generator(settings, settings.torch_device())
             result = vary(
                 gen,
                 request,

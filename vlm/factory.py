@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from indexer import Device, resolve_device
+from indexer import Device
 
 from .core import VLM, VLMNotConfigured
 from .settings import EXAMPLES, VLMSettings, not_configured
@@ -22,7 +22,7 @@ def make_vlm(spec: str, settings: VLMSettings, device: Device | None = None) -> 
         case "hf", True:
             from .hf_vlm import HFVLM
 
-            return HFVLM(spec, rest, settings, device or resolve_device(settings.device, settings.dtype))
+            return HFVLM(spec, rest, settings, device or settings.torch_device())
         case _:
             raise VLMNotConfigured(f"cannot read VLM spec {spec!r} (LOOKALIKE_VLM); examples: {EXAMPLES}")
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from PIL import Image
 
-from indexer import ImageError, ImagePolicy, Settings, resolve_device
+from indexer import ImageError, ImagePolicy, Settings
 from indexer.images import load_image
 from search import Hit, Query, RerankError
 
@@ -177,9 +177,7 @@ def vlm_reranker(settings: Settings, lookup: Lookup | None = None) -> Callable[[
                     settings if isinstance(settings, VLMSettings) else VLMSettings(data_dir=settings.data_dir)
                 )
                 try:
-                    vlm = vlm_from_settings(
-                        vlm_settings, "--rerank vlm", resolve_device(vlm_settings.device, vlm_settings.dtype)
-                    )
+                    vlm = vlm_from_settings(vlm_settings, "--rerank vlm", vlm_settings.torch_device())
                 except VLMError as exc:
                     raise RerankError(str(exc)) from None
                 made.append(VLMReranker(vlm, vlm_settings, lookup=lookup))
