@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .catalog import read_catalog
-from .encoders import EncoderError, _looks_like_path, register_model_configs
+from .encoders import EncoderError, _looks_like_path, cpu_has_native_bf16, encode_text_trimmed, register_model_configs
 from .images import ImageError, ImagePolicy, load_image
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class TrainConfig:
     max_items: int | None = None
     save_every: int = 100
     threads: int | None = None
+    # "amp": the image tower in bfloat16 where the CPU runs it natively (AVX512-BF16, AMX), else float32.
+    precision: str = "amp"
 
 
 @dataclass
@@ -89,6 +91,8 @@ def train_clip(config: TrainConfig, progress: ProgressFn | None = None) -> Train
     from open_clip_train.scheduler import cosine_lr
 
     started = time.perf_counter()
+    if config.precision not in ("amp", "float32"):
+        raise TrainError(f"precision {config.precision!r}: expected amp or float32")
     register_model_configs()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -121,6 +125,9 @@ def train_clip(config: TrainConfig, progress: ProgressFn | None = None) -> Train
     optimizer = _optimizer(model, lr, config.weight_decay)
     schedule = cosine_lr(optimizer, lr, min(config.warmup_steps, total_steps // 4), total_steps)
     loss_fn = open_clip.ClipLoss()
+    image_bf16 = config.precision == "amp" and cpu_has_native_bf16()
+    # oneDNN's convolutions run about a fifth faster on NHWC tensors; the checkpoint is the same.
+    model = model.to(memory_format=torch.channels_last)
 
     config.out.parent.mkdir(parents=True, exist_ok=True)
     state_path = config.out.with_name(config.out.name + ".state")
@@ -134,12 +141,14 @@ def train_clip(config: TrainConfig, progress: ProgressFn | None = None) -> Train
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         idx = order[offset * batch : (offset + 1) * batch]
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        images = augment(pixels[idx].float(), gen)
+        images = augment(pixels[idx].float(), gen).contiguous(memory_format=torch.channels_last)
         which = torch.randint(0, captions.shape[1], (len(idx),), generator=gen)
         texts = captions[idx, which]
         schedule(step)
-        image_f, text_f, scale = model(images, texts)[:3]
-        loss = loss_fn(image_f, text_f, scale)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=image_bf16):
+            image_f = model.encode_image(images, normalize=True).float()
+        text_f = torch.nn.functional.normalize(encode_texts_grouped(model, texts), dim=-1)
+        loss = loss_fn(image_f, text_f, model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -207,6 +216,26 @@ def load_training_data(config: TrainConfig, preprocess, tokenizer) -> tuple[torc
     captions = tokenizer(texts).reshape(len(kept), CAPTIONS_PER_ITEM, -1)
     log.info("training data: %d images %s, captions %s", len(kept), tuple(pixels.shape[1:]), tuple(captions.shape))
     return pixels, captions
+
+
+def encode_texts_grouped(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``encode_text`` of a batch as two groups, short and long texts, each cut after its last
+    end-of-text token (the vectors are the same as the padded batch's).
+
+    A batch mixes titles (about 10 tokens) with descriptions (about 30); padded to the longest, most of
+    the text tower's work is on padding. Two groups, split where they cost least, take ~40% less."""
+    lengths = tokens.argmax(dim=-1) + 1  # the end-of-text token has the highest id
+    ordered = torch.sort(lengths).values
+    n = len(ordered)
+    # Cost of splitting after the i-th shortest: i texts at its length, the rest at the longest.
+    cost = torch.arange(1, n + 1) * ordered + (n - torch.arange(1, n + 1)) * ordered[-1]
+    cut = ordered[int(cost.argmin())]
+    short = lengths <= cut
+    if bool(short.all()) or not bool(short.any()):
+        return encode_text_trimmed(model, tokens)
+    grouped = torch.cat([encode_text_trimmed(model, tokens[short]), encode_text_trimmed(model, tokens[~short])])
+    position = torch.cat([short.nonzero(), (~short).nonzero()]).squeeze(1)
+    return grouped[torch.argsort(position)]
 
 
 def _word_dropout(text: str, rng: random.Random) -> str:

@@ -109,14 +109,20 @@ def attribute_queries(items: list[dict[str, Any]], per_type: int = 150, seed: in
     return out
 
 
+# The fused query types, by the name their rows take under each fusion method.
+FUSED_TYPES = {"text: colour category": "text", "image: same category": "image"}
+
+
 def fusion_queries(queries: Iterable[EvalQuery], methods: Iterable[str]) -> list[EvalQuery]:
-    """The text queries again under each fusion method, to choose the default by measurement."""
+    """The text and "more like this" queries again under each fusion method, to choose the default by
+    measurement."""
+    methods = tuple(methods)
     out = []
     for q in queries:
-        if q.type == "text: colour category":
+        if q.type in FUSED_TYPES:
             for method in methods:
-                fq = Query(text=q.query.text, k=K, fusion=method)
-                out.append(EvalQuery(f"text fusion: {method}", fq, q.relevant))
+                fq = replace(q.query, fusion=method)
+                out.append(EvalQuery(f"{FUSED_TYPES[q.type]} fusion: {method}", fq, q.relevant))
     return out
 
 

@@ -22,7 +22,7 @@ from indexer.demo_catalog import (
     write_tag_vocab,
 )
 from indexer.tags import TagVocab
-from indexer.training import TrainConfig, TrainError, train_clip
+from indexer.training import TrainConfig, TrainError, encode_texts_grouped, train_clip
 
 pytestmark = pytest.mark.skipif(
     not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="needs Debian dataset-fashion-mnist"
@@ -145,7 +145,25 @@ def test_training_resumes_from_its_saved_state(small_catalog, tmp_path, tiny_cli
     assert longer.resumed_from_step == 0 and longer.steps == 6
 
 
+def test_grouped_text_encoding_gives_the_padded_batch_vectors(tiny_clip_spec):
+    torch.manual_seed(0)
+    model = open_clip.create_model("lookalike-tiny")
+    tokenizer = open_clip.get_tokenizer("lookalike-tiny")
+    texts = ["red dress", "A blue striped shirt with a checked collar and long sleeves, by Kestrel.", "bag", "tee"]
+    tokens = tokenizer(texts * 3)
+    grouped = encode_texts_grouped(model, tokens)
+    assert grouped.shape == (12, 32)
+    assert torch.allclose(grouped, model.encode_text(tokens), atol=1e-5)
+    # Gradients reach the text tower through both groups.
+    grouped.sum().backward()
+    assert model.token_embedding.weight.grad is not None and model.token_embedding.weight.grad.abs().sum() > 0
+
+
 def test_train_errors(small_catalog, tmp_path):
+    with pytest.raises(TrainError, match="precision 'float16'"):
+        train_clip(
+            TrainConfig(catalog=small_catalog, out=tmp_path / "m.pt", model="lookalike-tiny", precision="float16")
+        )
     with pytest.raises(TrainError, match="unknown architecture"):
         train_clip(TrainConfig(catalog=small_catalog, out=tmp_path / "m.pt", model="no-such-arch"))
     with pytest.raises(TrainError, match="does not exist"):
@@ -170,7 +188,7 @@ def test_eval_end_to_end_on_a_small_index(small_catalog, tmp_path, tiny_clip_spe
     assert result.exit_code == 0, result.output
     report = json.loads((data / "eval.json").read_text())
     types = set(report["metrics"])
-    assert {"image: same category", "text fusion: rrf", "text fusion: calibrated"} <= types
+    assert {"image: same category", "text fusion: rrf", "text fusion: calibrated", "image fusion: rrf"} <= types
     # Catalog-item queries are repeated as uploads of the item's photo (pixels only).
     assert "image: same category [upload]" in types
     assert ("composed (structured)" in types) == ("composed (structured) [upload]" in types)

@@ -23,7 +23,7 @@ from indexer.training import TrainConfig, TrainError, train_clip
 
 from .cli import AsJson, Quiet, UserError, app, emit, user_errors
 
-DEMO_EPOCHS = 10
+DEMO_EPOCHS = 17
 DEMO_EXAMPLES = (
     ("red striped dress", {}),
     ("blue sneaker", {"filters": ["price<60"]}),
@@ -73,6 +73,9 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 256,
     lr: Annotated[float | None, typer.Option("--lr", help="Default 2e-3 from scratch, 1e-5 fine-tuning.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    precision: Annotated[
+        str, typer.Option("--precision", help="amp: the image tower in bfloat16 on CPUs with native bf16; float32.")
+    ] = "amp",
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -81,7 +84,14 @@ def train(
     Interrupted runs resume from the last saved step when the same command is run again."""
     with user_errors():
         config = TrainConfig(
-            catalog=catalog, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+            catalog=catalog,
+            out=out,
+            model=model,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            precision=precision,
         )
         report = _train(config, quiet)
         data = {**report.__dict__, "checkpoint": str(report.checkpoint)}
