@@ -185,12 +185,14 @@ def to_scored_list(request: SearchRequest, hits: Iterable[tuple[Any, float, Any,
 
 
 def union_lists(
-    names: Sequence[str], lists: Sequence[Sequence[tuple[Any, float, Any]]]
+    names: Sequence[str], lists: Sequence[Sequence[tuple[Any, float, Any]]], catalog: dict[Any, str] | None = None
 ) -> dict[str, list[ScoredPoint]]:
-    """:meth:`search_union` results: (point id, score, payload) lists, the first carrying the payloads."""
+    """:meth:`search_union` results: (point id, score, payload) lists, the first carrying the payloads,
+    or ``catalog`` naming the point ids; points without a name are left out."""
     if not lists:
         return {}
-    catalog = {pid: str((payload or {}).get(ID_KEY, "")) for pid, _, payload in lists[0]}
+    if catalog is None:
+        catalog = {pid: str((payload or {}).get(ID_KEY, "")) for pid, _, payload in lists[0]}
     out = {}
     for name, hits in zip(names, lists, strict=True):
         points = [ScoredPoint(catalog[p], float(score), {ID_KEY: catalog[p]}) for p, score, _ in hits if p in catalog]

@@ -24,7 +24,9 @@ class SearchSettings(Settings):
     text_weight: float = Field(0.4, ge=0)
     semantic_share: float = Field(0.5, ge=0, le=1, description="Part of the text weight on the MiniLM vector.")
     candidates: int = Field(40, ge=10, le=5000, description="Candidates fetched per channel.")
-    composed_candidates: int = Field(100, ge=10, le=5000, description="Candidates per probe of a composed query.")
+    composed_candidates: int = Field(
+        200, ge=10, le=10000, description="Candidates of a composed query, shared among its probes."
+    )
     max_k: int = Field(100, ge=1, le=1000)
     dedup_threshold: float = Field(
         0.999, gt=0, le=1, description="Image cosine at which two results count as one photo listed twice."
