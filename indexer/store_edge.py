@@ -250,8 +250,9 @@ class EdgeStore(SingleSearch):
         for r, hits, mapped in zip(requests, results, by_map, strict=True):
             if mapped:
                 named = ((names.get(h.id.int), h) for h in hits)
-                # A point deleted since the search found it has no name left: it is gone.
-                rows = [(h.id, h.score, {ID_KEY: name}, h.vector) for name, h in named if name is not None]
+                # A point deleted since the search found it has no name left: it is gone. (The point id
+                # is not passed on: the name says which item it is.)
+                rows = [(None, h.score, {ID_KEY: name}, h.vector) for name, h in named if name is not None]
             else:
                 rows = [(h.id, h.score, h.payload, h.vector) for h in hits]
             out.append(codec.to_scored_list(r, rows))
