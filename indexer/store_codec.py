@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -173,19 +173,26 @@ def by_point_id(ids: Sequence[str], names: dict[str, str], found: Iterable[tuple
     return in_order(ids, records)
 
 
-def to_scored_list(request: SearchRequest, hits: Iterable[tuple[Any, float, Any, Any]]) -> list[ScoredPoint]:
-    """A binding's (point id, score, payload, vector) hits for ``request`` as ScoredPoints."""
-    if ids_only(request):
+def to_scored_list(
+    request: SearchRequest, hits: Iterable[tuple[Any, float, Any, Any]], names: Mapping[Any, str] | None = None
+) -> list[ScoredPoint]:
+    """A binding's (point id, score, payload, vector) hits for ``request`` as ScoredPoints.
+
+    Hits fetched without payload are named through ``names`` (point id -> catalog id), by default the
+    ids the request named; a hit with no name (deleted since it was found) is left out."""
+    if names is None and ids_only(request):
         names = point_names(request.ids or ())
+    if names is not None:
         return [
-            ScoredPoint(names[str(pid)], float(score), {ID_KEY: names[str(pid)]}, _vectors_out(vector) or None)
+            ScoredPoint(name, float(score), {ID_KEY: name}, _vectors_out(vector) or None)
             for pid, score, _, vector in hits
+            if (name := names.get(pid)) is not None
         ]
     return [to_scored(score, payload, vector if request.with_vectors else None) for _, score, payload, vector in hits]
 
 
 def union_lists(
-    names: Sequence[str], lists: Sequence[Sequence[tuple[Any, float, Any]]], catalog: dict[Any, str] | None = None
+    names: Sequence[str], lists: Sequence[Sequence[tuple[Any, float, Any]]], catalog: Mapping[Any, str] | None = None
 ) -> dict[str, list[ScoredPoint]]:
     """:meth:`search_union` results: (point id, score, payload) lists, the first carrying the payloads,
     or ``catalog`` naming the point ids; points without a name are left out."""

@@ -18,6 +18,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ class EdgeStore(SingleSearch):
         with self._names_lock:
             # Named before they can be found: a search that meets a new point knows what it is.
             if self._names is not None:
-                self._names.update((_int_id(p.id), p.payload[ID_KEY]) for p in converted)
+                self._names.update((uuid.UUID(p.id).int, p.payload[ID_KEY]) for p in converted)
             # Durable on return without flush(): the engine appends the operation to its write-ahead
             # log before applying it, and the log is replayed on load. A killed process (kill -9) loses
             # nothing the OS already holds; only power loss before the OS writes back can, as with any
@@ -175,7 +176,7 @@ class EdgeStore(SingleSearch):
             self._update(qe.UpdateOperation.delete_points(pids))
             if self._names is not None:
                 for pid in pids:
-                    self._names.pop(_int_id(pid), None)
+                    self._names.pop(uuid.UUID(pid).int, None)
 
     def optimize(self) -> None:
         shard = self._require_shard()
@@ -228,35 +229,30 @@ class EdgeStore(SingleSearch):
     def search_batch(self, requests: Sequence[SearchRequest]) -> list[list[ScoredPoint]]:
         if not requests:
             return []
-        wanted = [codec.payload_wanted(r.keys, named=r.ids is not None) for r in requests]
-        # Searches that want only the catalog id are named from the map rather than the payload.
-        by_map = [w == [ID_KEY] for w in wanted]
+        # Every point can be named from the map, so a search wanting only the catalog id reads no payload.
+        wanted = [codec.payload_wanted(r.keys, named=True) for r in requests]
         batch = [
             qe.QueryRequest(
                 limit=r.limit,
                 offset=r.offset,
                 query=qe.Query.Nearest(codec.query_vector(self._schema, r.vector_name, r.vector), using=r.vector_name),
                 filter=codec.to_filter(r.filter, _MODELS, r.ids),
-                with_payload=False if mapped else _payload_selector(w),
+                with_payload=_payload_selector(w),
                 with_vector=codec.vector_selector(r.with_vectors),
                 # Scoring a known set of ids: exact, or the graph search would walk (and may miss) them.
                 params=_EXACT if r.ids is not None else _RESCORED,
             )
-            for r, w, mapped in zip(requests, wanted, by_map, strict=True)
+            for r, w in zip(requests, wanted, strict=True)
         ]
         results = self._call(self._require_shard().query_batch, qe.QueryBatchRequest(batch))
-        names = self._catalog_ids() if any(by_map) else {}
-        out = []
-        for r, hits, mapped in zip(requests, results, by_map, strict=True):
-            if mapped:
-                named = ((names.get(h.id.int), h) for h in hits)
-                # A point deleted since the search found it has no name left: it is gone. (The point id
-                # is not passed on: the name says which item it is.)
-                rows = [(None, h.score, {ID_KEY: name}, h.vector) for name, h in named if name is not None]
-            else:
-                rows = [(h.id, h.score, h.payload, h.vector) for h in hits]
-            out.append(codec.to_scored_list(r, rows))
-        return out
+        names = self._catalog_ids() if any(w is False for w in wanted) else None
+        return [
+            codec.to_scored_list(r, [(h.id.int, h.score, None, h.vector) for h in hits], names)
+            if w is False
+            # The point id goes unread: the payload names the item.
+            else codec.to_scored_list(r, [(None, h.score, h.payload, h.vector) for h in hits])
+            for r, w, hits in zip(requests, wanted, results, strict=True)
+        ]
 
     def search_union(
         self, vectors: dict[str, np.ndarray], limit: int, flt: Filter | None = None
@@ -281,8 +277,6 @@ class EdgeStore(SingleSearch):
         # A hit makes a new uuid.UUID each time its id is read, and UUIDs hash in Python: each id is
         # read once, and the lists are keyed by its int.
         uuids = [h.id for h in union]
-        known = self._catalog_ids()
-        catalog = {u.int: known[u.int] for u in uuids if u.int in known}
         lists = [[(u.int, h.score, None) for u, h in zip(uuids, union, strict=True)]]
         if len(names) > 1 and union:
             # Then the same points, by point id, scored exactly on the other vectors.
@@ -300,7 +294,7 @@ class EdgeStore(SingleSearch):
             ]
             results = self._call(shard.query_batch, qe.QueryBatchRequest(rest))
             lists += [[(h.id.int, h.score, None) for h in hits] for hits in results]
-        return codec.union_lists(names, lists, catalog)
+        return codec.union_lists(names, lists, self._catalog_ids())
 
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         if self._shard is None:
@@ -395,11 +389,6 @@ class EdgeStore(SingleSearch):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-def _int_id(pid: str) -> int:
-    """The int of a point id string, as ``uuid.UUID(pid).int`` without the object."""
-    return int(pid.replace("-", ""), 16)
 
 
 def _payload_selector(wanted: bool | list[str]) -> Any:

@@ -230,8 +230,8 @@ def encode_texts_grouped(model: torch.nn.Module, tokens: torch.Tensor) -> torch.
     # Cost of splitting after the i-th shortest: i texts at its length, the rest at the longest.
     cost = torch.arange(1, n + 1) * ordered + (n - torch.arange(1, n + 1)) * ordered[-1]
     cut = ordered[int(cost.argmin())]
-    short = lengths <= cut
-    if bool(short.all()) or not bool(short.any()):
+    short = lengths <= cut  # never empty: the cut is one of the lengths
+    if bool(short.all()):
         return encode_text_trimmed(model, tokens)
     grouped = torch.cat([encode_text_trimmed(model, tokens[short]), encode_text_trimmed(model, tokens[~short])])
     position = torch.cat([short.nonzero(), (~short).nonzero()]).squeeze(1)
