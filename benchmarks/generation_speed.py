@@ -14,19 +14,22 @@ import argparse
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+# The offline stand-ins (tiny random models, a scripted chat server) live with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+from support.random_diffusers import write_random_sd15  # noqa: E402
 
 from generation import GeneratorSettings, VaryRequest, make_generator  # noqa: E402
 from generation.generator import NonFiniteOutput  # noqa: E402
-from generation.random_weights import write_random_sd15  # noqa: E402
 from indexer import resolve_device  # noqa: E402
 
 

@@ -15,20 +15,23 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+# The offline stand-ins (tiny random models, a scripted chat server) live with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from PIL import Image  # noqa: E402
+from support.vlm_doubles import Scripted, ScriptedChatServer, build_tiny_llava, request_texts  # noqa: E402
 
 from indexer import resolve_device  # noqa: E402
 from search import Hit, Query  # noqa: E402
 from vlm import VLMReranker, VLMSettings, make_vlm  # noqa: E402
-from vlm.testing import Scripted, ScriptedChatServer, build_tiny_llava, request_texts  # noqa: E402
 
 
 def candidates(root: Path, n: int) -> list[Hit]:

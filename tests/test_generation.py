@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from support.random_diffusers import write_random_sd15
 
 from generation import (
     GeneratorError,
@@ -21,7 +22,6 @@ from generation import (
 from generation.conditions import canny_condition, square_reference
 from generation.diffusers_backend import run_with_oom_fallback, weights_id
 from generation.generator import fit_size
-from generation.random_weights import write_random_sd15
 
 
 @pytest.fixture(scope="session")

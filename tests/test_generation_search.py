@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.random_diffusers import write_random_sd15
 from typer.testing import CliRunner
 
 from generation import Generated, VariantCache, VaryRequest, vary
-from generation.random_weights import write_random_sd15
 from search import SearchEngine, SearchSettings
 from ui.cli import app
 

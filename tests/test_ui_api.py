@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from support.random_diffusers import write_random_sd15
+from support.vlm_doubles import Scripted, ScriptedChatServer, request_texts
 
-from generation.random_weights import write_random_sd15
 from indexer import ImagePolicy, IndexOptions, index_catalog, open_store, read_catalog
 from search import SearchEngine
 from search.api import create_app
@@ -23,7 +24,6 @@ from search.jobs import JobRunner
 from ui.app import UISettings, UploadError, mount_ui
 from ui.app_catalog import compute_facets, stage_catalog, unpack_zip
 from vlm import VLMSettings, vlm_reranker
-from vlm.testing import Scripted, ScriptedChatServer, request_texts
 
 
 @dataclass

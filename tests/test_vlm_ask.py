@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from support.vlm_doubles import Scripted, ScriptedChatServer, request_images, request_texts
 from typer.testing import CliRunner
 
 from indexer import ImagePolicy, IndexManifest, IndexOptions, index_catalog, open_store, read_catalog
 from search import Query, QueryError, SearchEngine, SearchSettings, parse_filters
 from vlm import AskError, TooManyImages, VLMSettings, ask_catalog, make_vlm, vlm_reranker
-from vlm.testing import Scripted, ScriptedChatServer, request_images, request_texts
 
 PRODUCT_LINE = re.compile(r"^\[([^\]]+)\] ", re.M)
 

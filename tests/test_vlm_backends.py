@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from support.vlm_doubles import Scripted, ScriptedChatServer, build_tiny_llava, request_images, request_texts
 
 from search import Hit, Query
 from vlm import (
@@ -30,7 +31,6 @@ from vlm import (
     make_vlm,
     vlm_from_settings,
 )
-from vlm.testing import Scripted, ScriptedChatServer, build_tiny_llava, request_images, request_texts
 
 
 @pytest.fixture(scope="module")

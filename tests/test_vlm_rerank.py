@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from support.vlm_doubles import Scripted, ScriptedChatServer, request_images, request_texts
 
 from search import Hit, Query
 from vlm import VLMReranker, VLMSettings, make_vlm
-from vlm.testing import Scripted, ScriptedChatServer, request_images, request_texts
 
 
 @pytest.fixture(scope="module")

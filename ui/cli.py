@@ -215,4 +215,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as ``python -m ui.cli`` this file is ``__main__``, a second copy of the module: the command
+    # modules register on ``ui.cli.app``, so that is the app to run.
+    from ui.cli import main as _main
+
+    _main()
