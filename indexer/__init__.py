@@ -3,7 +3,7 @@
 from .catalog import Catalog, CatalogError, CatalogItem, read_catalog
 from .encoders import Device, Encoder, EncoderError, cpu_has_native_bf16, make_encoder, resolve_device
 from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
-from .manifest import IndexManifest, build_models
+from .manifest import IndexManifest, IndexTarget, build_models, index_into
 from .pipeline import IndexOptions, IndexReport, Models, index_catalog
 from .settings import Settings
 from .store import (
@@ -33,6 +33,7 @@ __all__ = [
     "ImagePolicy",
     "IndexManifest",
     "IndexOptions",
+    "IndexTarget",
     "IndexReport",
     "Models",
     "Record",
@@ -50,6 +51,7 @@ __all__ = [
     "decode_image",
     "fetch_bytes",
     "index_catalog",
+    "index_into",
     "make_encoder",
     "open_store",
     "read_catalog",

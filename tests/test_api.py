@@ -213,7 +213,7 @@ def _bomb_png() -> bytes:
         ({"text": "dress", "filters": ["price<cheap"]}, 400, "number"),
         ({"text": "dress", "weights": "image=lots"}, 400, "malformed weights"),
         ({"text": "dress", "weights": {"image": -1}}, 422, "weights"),
-        ({"text": "dress", "min_score": 2}, 422, "min_score"),
+        ({"text": "dress", "min_score": "high"}, 422, "min_score"),
         ({"text": "dress", "rerank": "magic"}, 400, "unknown re-ranker"),
         ({"text": "dress", "colour": "red"}, 422, "colour"),
         ({"like": "no-such-item"}, 400, "unknown item id"),

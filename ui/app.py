@@ -25,12 +25,12 @@ import gradio as gr
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from PIL import Image, ImageDraw
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from generation import GeneratorError, GeneratorSettings, RequestError
 from indexer import CatalogError, ImageError, ImagePolicy, StoreError, TagVocabError
 from indexer.images import is_url, load_image
-from search import FilterError, QueryError, RerankError, SearchEngine, SearchSettings
+from search import FilterError, QueryError, RerankError, SearchEngine, SearchSettings, invalid_input
 from search.jobs import JobConflict, JobRunner
 from vlm import AskError, VLMError, VLMSettings, not_configured, vlm_reranker
 
@@ -75,6 +75,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     RequestError,
     UploadError,
     FileNotFoundError,
+    ValidationError,
 )
 GENERIC_ERROR = "Something went wrong on the server, and it has been logged. Try again, or try a different request."
 
@@ -87,6 +88,8 @@ def error_message(exc: BaseException) -> str:
         text = f"The index cannot be read right now: {exc}"
     elif isinstance(exc, FileNotFoundError):
         text = f"File not found: {exc.filename or exc}"
+    elif isinstance(exc, ValidationError):
+        text = f"That search cannot be run: {invalid_input(exc)}"
     else:
         text = str(exc)
     return html.escape(text, quote=False).replace("\n", "<br>")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from indexer.images import decode_upload
-from search import Hit, Query
+from search import Hit, Query, SearchInput
 from vlm import VLMNotConfigured, not_configured
 
 from .app import friendly, product_gallery
@@ -36,7 +36,7 @@ def caption(hit: Hit) -> str:
     parts = [str(p.get("title") or hit.id)]
     if isinstance(p.get("price"), int | float) and not isinstance(p.get("price"), bool):
         parts.append(f"{p['price']:.2f}")
-    parts.append(f"match {hit.score:.2f}")
+    parts.append(f"score {hit.score:.3g}")
     return " · ".join(parts)
 
 
@@ -187,7 +187,7 @@ def build_shop_tab(services: Services) -> ShopView:
         rows = [
             {
                 "id": h.id,
-                "score": round(h.score, 4),
+                "score": round(h.score, 6),
                 "thumb": t,
                 "payload": h.public_payload(),
                 "explanation": h.explanation,
@@ -230,15 +230,13 @@ def build_shop_tab(services: Services) -> ShopView:
         quoted = f"“{html.escape(text)}”"
         what = f"your photo + {quoted}" if img is not None and text else ("your photo" if img is not None else quoted)
         w = float(image_weight if image_weight is not None else default_weight)
-        q = Query(
+        q = SearchInput(
             text=text or None,
-            image=img,
             negative=(negative or "").strip() or None,
-            filters=services.facets.get().filter(filters, price_min, price_max),
             weights={"image": w, "text": 1 - w},
             k=int(k),
             rerank=rerank or "none",
-        )
+        ).to_query(engine.fields, img, services.facets.get().filter(filters, price_min, price_max))
         return run(q, what)
 
     def like(
@@ -259,21 +257,22 @@ def build_shop_tab(services: Services) -> ShopView:
         title = html.escape(str(hit.payload.get("title") or item_id))
         change = (change or "").strip()
         what = f"*{title}* but “{html.escape(change)}”" if change else f"items like *{title}*"
-        q = Query(
+        q = SearchInput(
             text=change or None,
             like=item_id,
             negative=(negative or "").strip() or None,
             k=int(k),
-            filters=services.facets.get().filter(filters, price_min, price_max),
             rerank=rerank or "none",
-        )
+        ).to_query(engine.fields, also=services.facets.get().filter(filters, price_min, price_max))
         return run(q, what)
 
     def pick(rows: list[dict[str, Any]] | None, evt: gr.SelectData) -> tuple[Any, ...]:
         if not rows or evt.index is None or not 0 <= int(evt.index) < len(rows):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         row = rows[int(evt.index)]
-        big = services.thumbs.get(row["payload"].get("image"), 512)
+        # The row the browser holds names no server path: the picture is looked up here by id.
+        item = engine.get(row["id"])
+        big = services.thumbs.get(item.payload.get("image") if item else None, 512)
         return row["id"], gr.Column(visible=True), big, detail_markdown(row), gr.Markdown(visible=False)
 
     def why(item_id: str, rows: list[dict[str, Any]] | None) -> Any:

@@ -14,15 +14,14 @@ import typer
 from indexer import (
     CatalogError,
     EncoderError,
-    ImagePolicy,
     IndexManifest,
-    IndexOptions,
+    IndexTarget,
     Settings,
     StoreError,
     TagVocab,
     TagVocabError,
     build_models,
-    index_catalog,
+    index_into,
     open_store,
     read_catalog,
 )
@@ -116,40 +115,22 @@ def index(
         device = settings.torch_device()
         log.info("loading models on %s: %s, %s", device, clip_spec, text_spec)
         models = build_models(clip_spec, text_spec, device, vocab)
-        store_spec = settings.store_spec()
+        # An existing index keeps its store; a new one gets the settings' (default: DATA_DIR/store).
+        store_spec = manifest.store if manifest and "store" not in settings.model_fields_set else settings.store_spec()
         store = open_store(store_spec, api_key=settings.qdrant_api_key)
-        options = IndexOptions(
-            batch_size=settings.batch_size,
-            workers=settings.workers,
-            prefetch_batches=settings.prefetch_batches,
-            prune=prune,
-            optimize_threshold=settings.optimize_threshold,
-        )
         bar = tqdm(total=len(items.items), unit="img", desc="indexing", disable=quiet, dynamic_ncols=True)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.n)
-
         try:
-            report = index_catalog(
+            report = index_into(
+                IndexTarget(settings.data_dir, store, store_spec, models),
                 items,
-                store,
-                models,
-                options,
-                ImagePolicy.from_settings(settings),
+                settings,
                 settings.data_dir / "errors.jsonl",
-                progress,
+                prune=prune,
+                progress=lambda done, total: bar.update(done - bar.n),
             )
         finally:
             bar.close()
             store.close()
-        IndexManifest(
-            clip_model=clip_spec,
-            text_model=text_spec,
-            store=store_spec,
-            tags=IndexManifest.tags_from(vocab),
-            last_run={"catalog": str(catalog), **report.to_dict()},
-        ).save(settings.data_dir)
         text = report.summary()
         if report.failed:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.failures.items()))
