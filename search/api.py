@@ -273,7 +273,8 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         return HealthOut(
             status="ok" if items else "empty",
             items=items,
-            models={"clip": engine.models.clip.spec, "text": engine.models.text.spec},
+            # Model ids, not specs: a spec can hold a checkpoint's path on the server.
+            models={"clip": engine.models.clip.model_id, "text": engine.models.text.model_id},
             fields=dict(engine.fields),
             job=running.id if running else None,
         )
