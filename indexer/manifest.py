@@ -20,6 +20,7 @@ from typing import Any
 
 from .catalog import Catalog
 from .encoders import Device, looks_like_path, make_encoder
+from .engines import EngineConfig, WorkerSpec
 from .images import ImagePolicy
 from .pipeline import IndexOptions, IndexReport, Models, ProgressFn, index_catalog
 from .settings import Settings
@@ -119,11 +120,14 @@ def index_into(
     *,
     prune: bool = False,
     progress: ProgressFn | None = None,
+    build_progress: ProgressFn | None = None,
+    engine: EngineConfig | None = None,
 ) -> IndexReport:
     """Index ``catalog`` into the data dir: the one path the CLI and the API's index jobs share.
 
     The manifest names the models before the store holds any item, so a run killed half-way leaves a
-    data dir that still opens, and the re-run skips what was committed.
+    data dir that still opens, and the re-run skips what was committed. ``engine`` (default: from the
+    settings, ``LOOKALIKE_ENGINE``) says where the work runs.
     """
     models = target.models
     existing = IndexManifest.load(target.data_dir)
@@ -141,12 +145,34 @@ def index_into(
         prefetch_batches=settings.prefetch_batches,
         prune=prune,
         optimize_threshold=settings.optimize_threshold,
+        vectors_on_disk=settings.vectors_on_disk,
     )
     policy = ImagePolicy.from_settings(settings)
-    report = index_catalog(catalog, target.store, models, options, policy, errors_path, progress)
+    engine = engine or EngineConfig.from_settings(settings)
+    run = (catalog, target.store, models, options, policy, errors_path, progress)
+    if engine.kind == "ray":
+        from .engine_ray import index_catalog_ray
+
+        workers = _worker_spec(target, settings)
+        report = index_catalog_ray(*run, build_progress=build_progress, workers=workers, ray_options=engine.ray)
+    else:
+        report = index_catalog(*run, build_progress=build_progress)
     manifest.last_run = {"catalog": str(catalog.path), **report.to_dict()}
     manifest.save(target.data_dir)
     return report
+
+
+def _worker_spec(target: IndexTarget, settings: Settings) -> WorkerSpec:
+    models = target.models
+    return WorkerSpec(
+        clip_model=models.clip.spec,
+        text_model=models.text.spec,
+        device=settings.device,
+        dtype=settings.dtype,
+        tags=models.tagger.vocab if models.tagger else None,
+        store=target.store_spec,
+        qdrant_api_key=settings.qdrant_api_key,
+    )
 
 
 # -- portable paths -----------------------------------------------------------------------------

@@ -1,6 +1,10 @@
-"""The batched, incremental, kill-safe indexing pipeline.
+"""The batched, incremental, kill-safe indexing pipeline: the local engine and the stages every engine runs.
 
 catalog items -> bounded prefetch pool (read, hash, decode, preprocess) -> batched encoders -> store upsert
+
+The stages are plain functions (:func:`open_index`, :func:`prepare_item`, :func:`encode_batch`,
+:func:`build_records`, :class:`RunLog`, :func:`finish_index`), so another engine (``engine_ray``) runs
+the same steps under the same incremental rule and reports the same way.
 
 Each stored item carries a content hash over its image bytes, its text and payload, and the model ids.
 An item whose hash is already stored is skipped before decoding, so a re-run only reads and hashes.
@@ -10,6 +14,8 @@ re-run picks up exactly the items that are not stored yet.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -20,19 +26,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+import numpy as np
 import torch
+from PIL import Image
 
+from . import bulk
 from .catalog import Catalog, CatalogItem
 from .encoders import Encoder
 from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
-from .store import HASH_KEY, ID_KEY, Record, StoreSchema, VectorStore
+from .store import HASH_KEY, ID_KEY, ProgressFn, Record, StoreLayout, StoreSchema, VectorStore
 from .tags import Tagger
 
 log = logging.getLogger(__name__)
-
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class IndexOptions:
     prefetch_batches: int = 3
     prune: bool = False
     optimize_threshold: int = 20_000
+    vectors_on_disk: bool = False
 
 
 @dataclass
@@ -98,22 +106,50 @@ class IndexReport:
 
 
 @dataclass
-class _Ready:
+class Ready:
     item: CatalogItem
     digest: str
     pixels: torch.Tensor
 
 
 @dataclass
-class _Skipped:
+class Skipped:
     item: CatalogItem
 
 
 @dataclass
-class _Failed:
+class Failed:
     item: CatalogItem
     reason: str
     error: str
+
+
+Prepared = Ready | Skipped | Failed
+
+
+@dataclass(frozen=True)
+class ItemPrep:
+    """What preparing one item needs: the image policy, the models key the hash covers, and the image
+    model's input side and preprocessing."""
+
+    policy: ImagePolicy
+    models_key: str
+    fit: int
+    preprocess: Callable[[Image.Image], torch.Tensor]
+
+    @classmethod
+    def for_models(cls, models: Models, policy: ImagePolicy) -> ItemPrep:
+        return cls(policy, models.key(), models.clip.image_size, models.clip.preprocess)
+
+
+@dataclass
+class Vectors:
+    """One batch's vectors, row i for item i, and its zero-shot tags."""
+
+    image: np.ndarray
+    text: np.ndarray
+    semantic: np.ndarray
+    tags: list[dict[str, Any]]
 
 
 def content_hash(image_bytes: bytes, item: CatalogItem, models_key: str) -> str:
@@ -135,71 +171,171 @@ def index_catalog(
     policy: ImagePolicy,
     errors_path: Path,
     progress: ProgressFn | None = None,
+    *,
+    build_progress: ProgressFn | None = None,
 ) -> IndexReport:
-    """Embed every catalog item that is not stored with the same content hash, and store it."""
+    """Embed every catalog item that is not stored with the same content hash, and store it (the local engine).
+
+    ``progress`` hears (items done, items) as items are read; ``build_progress`` the vector index build
+    that ends a bulk load."""
     started = time.perf_counter()
     report = IndexReport(total=len(catalog.items), errors_path=str(errors_path))
-    store.ensure_schema(models.schema())
+    stored = open_index(store, models, catalog, options)
+    prep = ItemPrep.for_models(models, policy)
+    with bulk.naming_the_on_disk_option(f"the load of {catalog.path}"):
+        is_bulk = begin_load(store, catalog, stored, models.schema(), options)
+        done = 0
+        batch: list[Ready] = []
+        with RunLog.open(errors_path, report, stored) as run, ThreadPoolExecutor(max(1, options.workers)) as pool:
+            prepare = functools.partial(_prepare_stored, stored=stored, prep=prep)
+            for result, waited in _prefetch(pool, prepare, catalog.items, options):
+                report.wait_seconds += waited
+                if isinstance(result, Ready):
+                    batch.append(result)
+                    if len(batch) >= options.batch_size:
+                        _flush(batch, store, models, run)
+                        batch = []
+                else:
+                    run.record(result)
+                done += 1
+                if progress:
+                    progress(done, report.total)
+            if batch:
+                _flush(batch, store, models, run)
+        finish_index(store, catalog, stored, options, report, is_bulk, build_progress)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# -- stages -------------------------------------------------------------------------------------
+
+
+def open_index(store: VectorStore, models: Models, catalog: Catalog, options: IndexOptions) -> dict[str, str | None]:
+    """Create or check the store's schema and payload indexes (before any point: a bulk load's
+    graph is then built with them), and read what it holds: catalog id -> content hash."""
+    store.ensure_schema(models.schema(), StoreLayout(vectors_on_disk=options.vectors_on_disk))
     fields = {key: ("keyword" if kind == "bool" else kind) for key, kind in catalog.fields.items()}
     if models.tagger:
         fields.update(models.tagger.vocab.fields())
     for key, kind in fields.items():
         store.ensure_payload_index(key, kind)
+    return {r.payload[ID_KEY]: r.payload.get(HASH_KEY) for r in store.scroll(keys=[HASH_KEY])}
 
-    stored = {r.payload[ID_KEY]: r.payload.get(HASH_KEY) for r in store.scroll(keys=[HASH_KEY])}
-    models_key = models.key()
 
-    def prepare(item: CatalogItem) -> _Ready | _Skipped | _Failed:
-        try:
-            data = fetch_bytes(item.image, policy)
-            digest = content_hash(data, item, models_key)
-            if stored.get(item.id) == digest:
-                return _Skipped(item)
-            image = decode_image(data, item.image, policy, fit=models.clip.image_size)
-            return _Ready(item, digest, models.clip.preprocess(image))
-        except ImageError as exc:
-            return _Failed(item, exc.reason, str(exc))
-        except Exception as exc:  # one bad item must never abort the run
-            log.exception("%s: unexpected error preparing %s", item.source, item.id)
-            return _Failed(item, "error", f"{type(exc).__name__}: {exc}")
+def begin_load(
+    store: VectorStore, catalog: Catalog, stored: dict[str, str | None], schema: StoreSchema, options: IndexOptions
+) -> bool:
+    """Whether this run is a bulk load (see bulk.py); if so, the store defers its vector index."""
+    pending = sum(1 for item in catalog.items if item.id not in stored)
+    if not bulk.is_bulk(pending, options.optimize_threshold):
+        return False
+    bulk.warn_if_tight(len(stored) + pending, schema, options.vectors_on_disk)
+    log.info("bulk load of %d new items: the vector index is built once, at the end", pending)
+    store.begin_bulk_load()
+    return True
 
-    errors_path.parent.mkdir(parents=True, exist_ok=True)
-    done = 0
-    batch: list[_Ready] = []
-    with errors_path.open("w") as errors, ThreadPoolExecutor(max(1, options.workers)) as pool:
-        for result, waited in _prefetch(pool, prepare, catalog.items, options):
-            report.wait_seconds += waited
-            if isinstance(result, _Ready):
-                batch.append(result)
-                if len(batch) >= options.batch_size:
-                    _flush(batch, store, models, stored, report)
-                    batch = []
-            elif isinstance(result, _Skipped):
-                report.unchanged += 1
-            else:
-                report.failed += 1
-                report.failures[result.reason] = report.failures.get(result.reason, 0) + 1
-                errors.write(json.dumps(_error_row(result)) + "\n")
-                errors.flush()
-                log.warning("%s: %s", result.item.source, result.error)
-            done += 1
-            if progress:
-                progress(done, report.total)
-        if batch:
-            _flush(batch, store, models, stored, report)
 
+def prepare_item(item: CatalogItem, stored_digest: str | None, prep: ItemPrep) -> Prepared:
+    """Read and hash one item; unless its hash is already stored, decode and preprocess its image."""
+    try:
+        data = fetch_bytes(item.image, prep.policy)
+        digest = content_hash(data, item, prep.models_key)
+        if stored_digest == digest:
+            return Skipped(item)
+        image = decode_image(data, item.image, prep.policy, fit=prep.fit)
+        return Ready(item, digest, prep.preprocess(image))
+    except ImageError as exc:
+        return Failed(item, exc.reason, str(exc))
+    except Exception as exc:  # one bad item must never abort the run
+        log.exception("%s: unexpected error preparing %s", item.source, item.id)
+        return Failed(item, "error", f"{type(exc).__name__}: {exc}")
+
+
+def _prepare_stored(item: CatalogItem, stored: dict[str, str | None], prep: ItemPrep) -> Prepared:
+    return prepare_item(item, stored.get(item.id), prep)
+
+
+def encode_batch(batch: list[Ready], models: Models) -> Vectors:
+    texts = [item_text(r.item) for r in batch]
+    image_vecs = models.clip.encode_pixels(torch.stack([r.pixels for r in batch]))
+    text_vecs = models.clip.encode_texts(texts)
+    semantic_vecs = models.text.encode_texts(texts)
+    tags = models.tagger.tag(image_vecs) if models.tagger else [{} for _ in batch]
+    return Vectors(image_vecs, text_vecs, semantic_vecs, tags)
+
+
+def build_records(batch: list[Ready], vectors: Vectors) -> list[Record]:
+    return [
+        Record(
+            id=r.item.id,
+            payload={
+                **{k: _keyword_bool(v) for k, v in r.item.payload.items()},
+                **tag,
+                "title": r.item.title,
+                "description": r.item.description,
+                "image": r.item.image,
+                ID_KEY: r.item.id,
+                HASH_KEY: r.digest,
+            },
+            vectors={"image": iv, "text": tv, "semantic": sv},
+        )
+        for r, iv, tv, sv, tag in zip(batch, vectors.image, vectors.text, vectors.semantic, vectors.tags, strict=True)
+    ]
+
+
+class RunLog:
+    """Counts each item's outcome into the report, and writes each failure to the errors file as it happens."""
+
+    def __init__(self, report: IndexReport, stored: dict[str, str | None], errors: TextIO) -> None:
+        self.report, self.stored, self.errors = report, stored, errors
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, errors_path: Path, report: IndexReport, stored: dict[str, str | None]) -> Iterator[RunLog]:
+        errors_path.parent.mkdir(parents=True, exist_ok=True)
+        with errors_path.open("w") as errors:
+            yield cls(report, stored, errors)
+
+    def record(self, result: Skipped | Failed) -> None:
+        if isinstance(result, Skipped):
+            self.report.unchanged += 1
+            return
+        self.report.failed += 1
+        self.report.failures[result.reason] = self.report.failures.get(result.reason, 0) + 1
+        self.errors.write(json.dumps(error_row(result)) + "\n")
+        self.errors.flush()
+        log.warning("%s: %s", result.item.source, result.error)
+
+    def written(self, item_id: str, digest: str) -> None:
+        """One item committed to the store."""
+        if item_id in self.stored:
+            self.report.updated += 1
+        else:
+            self.report.new += 1
+        self.stored[item_id] = digest
+
+
+def finish_index(
+    store: VectorStore,
+    catalog: Catalog,
+    stored: dict[str, str | None],
+    options: IndexOptions,
+    report: IndexReport,
+    is_bulk: bool,
+    build_progress: ProgressFn | None = None,
+) -> None:
+    """Prune, then build the vector index after a bulk load (or one a killed bulk load left unbuilt)."""
     if options.prune:
         wanted = {item.id for item in catalog.items}
         gone = [item_id for item_id in stored if item_id not in wanted]
         if gone:
             store.delete(gone)
         report.pruned = len(gone)
-    if report.embedded >= options.optimize_threshold:
+    threshold = options.optimize_threshold
+    if is_bulk or report.embedded >= threshold or store.unindexed() >= max(threshold, 1):
         log.info("building the HNSW index after %d upserts", report.embedded)
-        store.optimize()
+        store.optimize(build_progress)
         report.optimized = True
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def _prefetch(
@@ -230,43 +366,13 @@ def _prefetch(
         yield result, waited
 
 
-def _flush(
-    batch: list[_Ready],
-    store: VectorStore,
-    models: Models,
-    stored: dict[str, str | None],
-    report: IndexReport,
-) -> None:
+def _flush(batch: list[Ready], store: VectorStore, models: Models, run: RunLog) -> None:
     t0 = time.perf_counter()
-    texts = [item_text(r.item) for r in batch]
-    image_vecs = models.clip.encode_pixels(torch.stack([r.pixels for r in batch]))
-    text_vecs = models.clip.encode_texts(texts)
-    semantic_vecs = models.text.encode_texts(texts)
-    tags = models.tagger.tag(image_vecs) if models.tagger else [{} for _ in batch]
-    report.encode_seconds += time.perf_counter() - t0
-    records = [
-        Record(
-            id=r.item.id,
-            payload={
-                **{k: _keyword_bool(v) for k, v in r.item.payload.items()},
-                **tag,
-                "title": r.item.title,
-                "description": r.item.description,
-                "image": r.item.image,
-                ID_KEY: r.item.id,
-                HASH_KEY: r.digest,
-            },
-            vectors={"image": iv, "text": tv, "semantic": sv},
-        )
-        for r, iv, tv, sv, tag in zip(batch, image_vecs, text_vecs, semantic_vecs, tags, strict=True)
-    ]
-    store.upsert(records)
+    vectors = encode_batch(batch, models)
+    run.report.encode_seconds += time.perf_counter() - t0
+    store.upsert(build_records(batch, vectors))
     for r in batch:
-        if r.item.id in stored:
-            report.updated += 1
-        else:
-            report.new += 1
-        stored[r.item.id] = r.digest
+        run.written(r.item.id, r.digest)
 
 
 def _keyword_bool(value: Any) -> Any:
@@ -275,7 +381,7 @@ def _keyword_bool(value: Any) -> Any:
     return ("true" if value else "false") if isinstance(value, bool) else value
 
 
-def _error_row(failure: _Failed) -> dict[str, Any]:
+def error_row(failure: Failed) -> dict[str, Any]:
     return {
         "id": failure.item.id,
         "source": failure.item.source,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +33,18 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused (bombs).")
     url_timeout: float = Field(10.0, gt=0)
     allow_private_urls: bool = Field(False, description="Allow image URLs on private or loopback addresses.")
+
+    # Scale: bulk loads and the distributed engine (README, "Past one machine").
+    vectors_on_disk: bool = Field(False, description="New stores keep float32 vectors on disk, int8 copies in RAM.")
+    engine: Literal["local", "ray"] = Field("local", description="Indexing engine: local (this process) or ray.")
+    ray_address: str | None = Field(None, description="auto, HOST:6379 on a node, ray://HOST:10001; none: local Ray.")
+    ray_workers: int | None = Field(None, ge=1, le=4096, description="Encoder actors; default one per GPU, else 1.")
+    ray_gpus_per_worker: float | None = Field(None, ge=0, le=8, description="GPUs per encoder actor; default 1 or 0.")
+
+    @field_validator("ray_address", mode="before")
+    @classmethod
+    def _empty_address_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("store", "qdrant_api_key", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -24,6 +24,7 @@ _NAMESPACE = uuid.UUID("6f1c6c1e-3b0a-5d4e-9a57-1f0f6c0b8a11")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
 
 FieldKind = Literal["keyword", "float", "integer", "bool"]
+ProgressFn = Callable[[int, int], None]  # (done, total)
 
 
 class StoreError(RuntimeError):
@@ -142,8 +143,9 @@ class VectorStore(Protocol):
     def schema(self) -> StoreSchema | None:
         """The schema recorded at creation, or None for an empty, new store."""
 
-    def ensure_schema(self, schema: StoreSchema) -> None:
-        """Create the collection with ``schema``, or check that it matches; raise SchemaMismatch."""
+    def ensure_schema(self, schema: StoreSchema, layout: StoreLayout | None = None) -> None:
+        """Create the collection with ``schema`` (placed as ``layout`` says), or check that it matches;
+        raise SchemaMismatch. An existing collection keeps the layout it was created with."""
 
     def upsert(self, records: Sequence[Record]) -> None: ...
 
@@ -184,10 +186,25 @@ class VectorStore(Protocol):
 
     def payload_indexes(self) -> dict[str, FieldKind]: ...
 
-    def optimize(self) -> None:
-        """Build the HNSW index after a bulk load."""
+    def optimize(self, progress: ProgressFn | None = None) -> None:
+        """Build the HNSW index after a bulk load; ``progress`` hears (vectors indexed, vectors)."""
+
+    def begin_bulk_load(self) -> None:
+        """Build no vector index until :meth:`optimize`; searches meanwhile stay exact (brute force)."""
+
+    def unindexed(self) -> int:
+        """About how many points are not in the vector index yet (a killed bulk load leaves some)."""
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Where a new collection keeps its vectors. With ``vectors_on_disk`` the float32 originals are
+    memory-mapped from disk and only their int8 copies (what searches walk) stay in RAM: a quarter of
+    the vector memory, for a disk read per rescored candidate."""
+
+    vectors_on_disk: bool = False
 
 
 def open_store(spec: str, api_key: str | None = None) -> VectorStore:

@@ -27,15 +27,18 @@ import numpy as np
 import qdrant_edge as qe
 
 from . import store_codec as codec
+from .bulk import optimize_shard_in_child
 from .store import (
     ID_KEY,
     FieldKind,
     Filter,
+    ProgressFn,
     Record,
     ScoredPoint,
     SearchRequest,
     SingleSearch,
     StoreError,
+    StoreLayout,
     StoreSchema,
     VectorSelector,
     point_id,
@@ -114,7 +117,7 @@ class EdgeStore(SingleSearch):
     def schema(self) -> StoreSchema | None:
         return self._schema
 
-    def ensure_schema(self, schema: StoreSchema) -> None:
+    def ensure_schema(self, schema: StoreSchema, layout: StoreLayout | None = None) -> None:
         if self._schema is not None:
             codec.check_schema(
                 self._schema,
@@ -130,7 +133,9 @@ class EdgeStore(SingleSearch):
         if self._shard is None:
             config = qe.EdgeConfig(
                 vectors={
-                    name: qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, quantization_config=_QUANTIZED)
+                    name: qe.EdgeVectorParams(
+                        size=size, distance=qe.Distance.Cosine, quantization_config=_QUANTIZED, memory=_memory(layout)
+                    )
                     for name, size in schema.vectors.items()
                 },
                 optimizers=qe.EdgeOptimizersConfig(indexing_threshold=_INDEXING_THRESHOLD_KB),
@@ -178,19 +183,37 @@ class EdgeStore(SingleSearch):
                 for pid in pids:
                     self._names.pop(uuid.UUID(pid).int, None)
 
-    def optimize(self) -> None:
+    def optimize(self, progress: ProgressFn | None = None) -> None:
         shard = self._require_shard()
-        changed = self._call(shard.optimize)
-        self._call(shard.flush)
-        info = self._call(shard.info)
+        if progress is None:
+            self._call(shard.optimize)
+            self._call(shard.flush)
+        else:
+            # Built in a child process so that this one can draw the progress bar (see bulk.py).
+            vectors = self._call(shard.info).points_count * len(self._require_schema().vectors)
+            self.close()
+            try:
+                optimize_shard_in_child(self.path, vectors, progress)
+            finally:
+                self._shard = self._open(lambda: qe.EdgeShard.load(str(self.path)))
+        info = self._call(self._require_shard().info)
         log.info(
-            "optimized %s: %s; %d points in %d segments, %d vectors in HNSW",
+            "optimized %s: %d points in %d segments, %d vectors in HNSW",
             self.path,
-            "rebuilt" if changed else "already optimal",
             info.points_count,
             info.segments_count,
             info.indexed_vectors_count,
         )
+
+    def begin_bulk_load(self) -> None:
+        """Nothing to do: this engine builds no index until optimize() is called (see _INDEXING_THRESHOLD_KB)."""
+
+    def unindexed(self) -> int:
+        if self._shard is None:
+            return 0
+        info = self._call(self._shard.info)
+        names = len(self._require_schema().vectors)
+        return max(0, info.points_count - info.indexed_vectors_count // names)
 
     def close(self) -> None:
         if self._shard is None:
@@ -389,6 +412,11 @@ class EdgeStore(SingleSearch):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _memory(layout: StoreLayout | None) -> Any:
+    # Cold: memory-mapped and read on demand; the engine's default (Cached) pre-loads the file into RAM.
+    return qe.Memory.Cold if layout is not None and layout.vectors_on_disk else None
 
 
 def _payload_selector(wanted: bool | list[str]) -> Any:

@@ -34,11 +34,13 @@ from . import store_codec as codec
 from .store import (
     FieldKind,
     Filter,
+    ProgressFn,
     Record,
     ScoredPoint,
     SearchRequest,
     SingleSearch,
     StoreError,
+    StoreLayout,
     StoreSchema,
     VectorSelector,
     point_id,
@@ -70,6 +72,10 @@ _INDEX_TYPES: dict[str, qm.PayloadSchemaType] = {
     "float": qm.PayloadSchemaType.FLOAT,
     "bool": qm.PayloadSchemaType.BOOL,
 }
+
+# Qdrant's own default: segments with more vector data than this (in KB) get an HNSW graph. A bulk
+# load sets 0 (no graph) until optimize() puts this back.
+_INDEXING_THRESHOLD_KB = 20_000
 
 T = TypeVar("T")
 
@@ -154,7 +160,7 @@ class QdrantStore(SingleSearch):
             self._load_meta()
         return self._schema
 
-    def ensure_schema(self, schema: StoreSchema) -> None:
+    def ensure_schema(self, schema: StoreSchema, layout: StoreLayout | None = None) -> None:
         if self.schema() is not None:
             assert self._schema is not None
             codec.check_schema(
@@ -168,7 +174,8 @@ class QdrantStore(SingleSearch):
             self._client.create_collection,
             self.collection,
             vectors_config={
-                name: qm.VectorParams(size=size, distance=qm.Distance.COSINE) for name, size in schema.vectors.items()
+                name: qm.VectorParams(size=size, distance=qm.Distance.COSINE, on_disk=_on_disk(layout))
+                for name, size in schema.vectors.items()
             },
             metadata={META_KEY: codec.meta_to_json(schema, {})},
             quantization_config=_QUANTIZED,
@@ -267,16 +274,37 @@ class QdrantStore(SingleSearch):
             wait=True,
         )
 
-    def optimize(self) -> None:
-        """A server builds HNSW by itself; wait (bounded) until the collection's optimizers are done."""
+    def begin_bulk_load(self) -> None:
         self._require_schema()
+        if not self._is_local():
+            self._set_indexing_threshold(0)
+
+    def unindexed(self) -> int:
+        if self._is_local() or self.schema() is None:
+            return 0
+        info = self._call(self._client.get_collection, self.collection)
+        points = info.points_count or 0
+        if info.config.optimizer_config.indexing_threshold == 0:
+            return points  # a bulk load that never reached optimize()
+        return max(0, points - (info.indexed_vectors_count or 0) // len(self._require_schema().vectors))
+
+    def optimize(self, progress: ProgressFn | None = None) -> None:
+        """A server builds HNSW by itself (once a bulk load allows it again); wait, bounded, until it is done."""
+        schema = self._require_schema()
         if self._is_local():
             return
+        if self._set_indexing_threshold(_INDEXING_THRESHOLD_KB):
+            time.sleep(1.0)  # the server may still answer GREEN before its optimizers start
         deadline = time.monotonic() + self.options.optimize_wait_s
         while True:
             info = self._call(self._client.get_collection, self.collection)
+            vectors = (info.points_count or 0) * len(schema.vectors)
+            if progress is not None:
+                progress(min(info.indexed_vectors_count or 0, vectors), vectors)
             if info.status == qm.CollectionStatus.GREEN:
                 log.info("%s optimized: %s vectors indexed", self._where, info.indexed_vectors_count)
+                if progress is not None:
+                    progress(vectors, vectors)  # segments below the threshold are served without a graph
                 return
             if time.monotonic() > deadline:
                 log.warning(
@@ -286,6 +314,17 @@ class QdrantStore(SingleSearch):
                 )
                 return
             time.sleep(1.0)
+
+    def _set_indexing_threshold(self, kb: int) -> bool:
+        info = self._call(self._client.get_collection, self.collection)
+        if info.config.optimizer_config.indexing_threshold == kb:
+            return False
+        self._call(
+            self._client.update_collection,
+            self.collection,
+            optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=kb),
+        )
+        return True
 
     def close(self) -> None:
         self._client.close()
@@ -418,3 +457,7 @@ class QdrantStore(SingleSearch):
         if schema is None:
             raise StoreError(f"{self._where} does not exist yet: call ensure_schema first")
         return schema
+
+
+def _on_disk(layout: StoreLayout | None) -> bool | None:
+    return True if layout is not None and layout.vectors_on_disk else None
