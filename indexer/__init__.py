@@ -2,6 +2,7 @@
 
 from .catalog import Catalog, CatalogError, CatalogItem, read_catalog
 from .encoders import Device, Encoder, EncoderError, cpu_has_native_bf16, make_encoder, resolve_device
+from .engines import EngineConfig, EngineError, RayOptions
 from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
 from .manifest import IndexManifest, IndexTarget, build_models, index_into
 from .pipeline import IndexOptions, IndexReport, Models, index_catalog
@@ -14,6 +15,7 @@ from .store import (
     ScoredPoint,
     SearchRequest,
     StoreError,
+    StoreLayout,
     StoreSchema,
     VectorStore,
     open_store,
@@ -28,6 +30,8 @@ __all__ = [
     "Device",
     "Encoder",
     "EncoderError",
+    "EngineConfig",
+    "EngineError",
     "Filter",
     "ImageError",
     "ImagePolicy",
@@ -36,12 +40,14 @@ __all__ = [
     "IndexTarget",
     "IndexReport",
     "Models",
+    "RayOptions",
     "Record",
     "SchemaMismatch",
     "ScoredPoint",
     "SearchRequest",
     "Settings",
     "StoreError",
+    "StoreLayout",
     "StoreSchema",
     "TagVocab",
     "TagVocabError",

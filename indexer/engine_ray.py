@@ -111,13 +111,15 @@ def connect(options: RayOptions) -> Any:
         import ray
     except ImportError as exc:
         raise EngineError("the ray engine needs Ray: pip install 'lookalike[ray]'") from exc
-    if ray.is_initialized():
-        return ray
     address = options.address
     if address and address != "auto":
         _check_answers(address, options.connect_timeout_s)
+    if ray.is_initialized():
+        return ray
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        # A new local instance needs no dashboard; an existing cluster refuses the option.
+        extra = {} if address else {"include_dashboard": False}
+        ray.init(address=address, logging_level=logging.WARNING, **extra)
     except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError for a bad cluster
         raise EngineError(f"cannot join the Ray cluster at {address or 'a new local instance'}: {exc}") from exc
     return ray
@@ -162,6 +164,8 @@ def _dataset(ray, catalog, stored, prep, workers, options, plan):
 
     context = DataContext.get_current()
     context.enable_progress_bars = False  # the caller draws the one bar, as with the local engine
+    if not log.isEnabledFor(logging.INFO):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan and timing lines would break the bar
     items = catalog.items
     block = max(options.batch_size, math.ceil(len(items) / _BLOCKS))
     tables = [
@@ -220,10 +224,19 @@ class EncodeStage:
     """The encode stage as a Ray actor: the models are loaded once per actor, on its own device."""
 
     def __init__(self, spec: WorkerSpec, shape: tuple[int, ...]) -> None:
-        from .manifest import build_models
+        self.spec, self.shape = spec, shape
+        self._models: Models | None = None
 
-        self.shape = shape
-        self.models = build_models(spec.clip_model, spec.text_model, resolve_device(spec.device, spec.dtype), spec.tags)
+    @property
+    def models(self) -> Models:
+        # Loaded on the first item to encode: a re-run where nothing changed loads no model.
+        if self._models is None:
+            from .manifest import build_models
+
+            spec = self.spec
+            device = resolve_device(spec.device, spec.dtype)
+            self._models = build_models(spec.clip_model, spec.text_model, device, spec.tags)
+        return self._models
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [i for i, status in enumerate(batch["status"]) if status == _READY]
@@ -233,7 +246,8 @@ class EncodeStage:
                 Ready(
                     pickle.loads(batch["item"][i]),
                     str(batch["digest"][i]),
-                    torch.from_numpy(np.frombuffer(batch["pixels"][i], dtype=np.float32).reshape(self.shape)),
+                    # a copy: the batch is a read-only view of Ray's object store
+                    torch.from_numpy(np.frombuffer(batch["pixels"][i], dtype=np.float32).reshape(self.shape).copy()),
                 )
                 for i in rows
             ]

@@ -14,6 +14,7 @@ import typer
 from indexer import (
     CatalogError,
     EncoderError,
+    EngineError,
     IndexManifest,
     IndexTarget,
     Settings,
@@ -24,6 +25,7 @@ from indexer import (
     index_into,
     open_store,
     read_catalog,
+    resolve_device,
 )
 
 app = typer.Typer(
@@ -41,7 +43,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (CatalogError, EncoderError, StoreError, TagVocabError, FileNotFoundError)
+USER_ERRORS = (CatalogError, EncoderError, EngineError, StoreError, TagVocabError, FileNotFoundError)
 
 
 class UserError(Exception):
@@ -84,7 +86,9 @@ def index(
         typer.Option("--text-model", help="Sentence-transformers spec (env LOOKALIKE_TEXT_MODEL)."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, help="Decode threads.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="Decode threads; with --engine ray, encoder workers.")
+    ] = None,
     dtype: Annotated[
         str | None,
         typer.Option("--dtype", help="auto | float32 | float16 | bfloat16 (env LOOKALIKE_DTYPE)."),
@@ -93,6 +97,15 @@ def index(
     tags: Annotated[
         Path | None, typer.Option("--tags", help="Zero-shot tag vocabulary (YAML: label set -> labels).")
     ] = None,
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="local | ray: Ray Data over a cluster (env LOOKALIKE_ENGINE).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="auto | HOST:6379 | ray://HOST:10001; default: a local Ray.")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option("--gpus-per-worker", min=0, help="GPUs per encoder worker (ray engine).")
+    ] = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -100,25 +113,34 @@ def index(
     from tqdm import tqdm
 
     with user_errors():
+        if engine not in (None, "local", "ray"):
+            raise UserError(f"--engine {engine!r}: use local or ray")
+        on_ray = (engine or Settings().engine) == "ray"
         settings = settings_with(
             data_dir=data_dir,
             clip_model=model,
             text_model=text_model,
             batch_size=batch_size,
-            workers=workers,
+            workers=None if on_ray else workers,
             dtype=dtype,
+            engine=engine,
+            ray_address=ray_address,
+            ray_workers=workers if on_ray else None,
+            ray_gpus_per_worker=gpus_per_worker,
         )
         manifest = IndexManifest.load(settings.data_dir)
         clip_spec, text_spec = resolve_models(settings, manifest)
         vocab = TagVocab.load(tags) if tags else (manifest.tag_vocab() if manifest else None)
         items = read_catalog(catalog)
-        device = settings.torch_device()
+        # On Ray the workers run the models on their own devices; the driver needs only ids and sizes.
+        device = resolve_device("cpu") if on_ray else settings.torch_device()
         log.info("loading models on %s: %s, %s", device, clip_spec, text_spec)
         models = build_models(clip_spec, text_spec, device, vocab)
         # An existing index keeps its store; a new one gets the settings' (default: DATA_DIR/store).
         store_spec = manifest.store if manifest and "store" not in settings.model_fields_set else settings.store_spec()
         store = open_store(store_spec, api_key=settings.qdrant_api_key)
         bar = tqdm(total=len(items.items), unit="img", desc="indexing", disable=quiet, dynamic_ncols=True)
+        build = _BuildBar(quiet)
         try:
             report = index_into(
                 IndexTarget(settings.data_dir, store, store_spec, models),
@@ -127,15 +149,38 @@ def index(
                 settings.data_dir / "errors.jsonl",
                 prune=prune,
                 progress=lambda done, total: bar.update(done - bar.n),
+                build_progress=build,
             )
         finally:
             bar.close()
+            build.close()
             store.close()
         text = report.summary()
         if report.failed:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.failures.items()))
             text += f"\n{report.failed} failed ({reasons}); details in {report.errors_path}"
         emit(report.to_dict(), as_json, text)
+
+
+class _BuildBar:
+    """The vector index build's bar, drawn once a bulk load's build starts."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="vec", desc="building index", disable=self.quiet, dynamic_ncols=True)
+        if done != self.bar.n:
+            self.bar.update(done - self.bar.n)
+        else:
+            self.bar.refresh()  # the elapsed time moves on while the engine reports no progress
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @app.command()
