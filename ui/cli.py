@@ -179,12 +179,17 @@ def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 
 
 # Command modules register themselves on ``app``; imported here so ``lookalike`` has them all.
-from . import cli_ask, cli_demo, cli_search, cli_serve, cli_ui, cli_vary  # noqa: E402,F401
+from . import cli_ask, cli_demo, cli_search, cli_serve, cli_vary  # noqa: E402,F401
 
 
 def _configure_logging() -> None:
+    from asgi_correlation_id import CorrelationIdFilter
+
     level = os.environ.get("LOOKALIKE_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Every line names the request it belongs to ("-" outside requests): [request id] level logger: message.
+    logging.basicConfig(level=level, format="[%(correlation_id)s] %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(CorrelationIdFilter(default_value="-"))
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ def demo(
 
 def _start_ui(data_dir: Path, host: str, port: int) -> None:
     try:
-        from .cli_ui import ui_command
+        from .cli_serve import ui_command
     except ImportError as exc:  # gradio is an optional extra
         typer.echo(f"(the UI needs the [ui] extra: {exc}; search with `lookalike search --data-dir {data_dir}`)")
         return
