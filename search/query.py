@@ -64,7 +64,7 @@ class SearchSettings(Settings):
     rate_limit_vlm: str | None = Field("30/minute", description="Per client: VLM calls (ask, rerank=vlm).")
     rate_limit_generate: str | None = Field("10/minute", description="Per client: variant generation.")
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "rate_limit_search", "rate_limit_vlm", "rate_limit_generate", mode="before")
     @classmethod
     def _blank_token_is_unset(cls, value: object) -> object:
         # Compose passes an unset variable as "": that must not become an empty (guessable) token.

@@ -93,7 +93,7 @@ def error_message(exc: BaseException) -> str:
     elif isinstance(exc, FileNotFoundError):
         text = f"File not found: {exc.filename or exc}"
     elif isinstance(exc, LimitExceeded):
-        text = f"Slow down a little: {exc}"
+        text = f"{str(exc)[:1].upper()}{str(exc)[1:]}."
     elif isinstance(exc, ValidationError):
         text = f"That search cannot be run: {invalid_input(exc)}"
     else:
