@@ -341,7 +341,9 @@ def _run_search(engine: SearchEngine, req: SearchRequest, upload: bytes | None, 
         image, _ = load_image(req.image_url, policy)
     query = req.to_query(engine.fields, image)
     hits = engine.search(query)
-    SEARCH_SECONDS.labels(query.kind).observe(time.perf_counter() - started)
+    took = time.perf_counter() - started
+    SEARCH_SECONDS.labels(query.kind).observe(took)
+    log.info("%s search: %d hits in %.1f ms", query.kind, len(hits), took * 1000)
     return _response(hits, query.kind, started)
 
 
