@@ -172,9 +172,10 @@ def check_upload_images(catalog: Path, root: Path) -> None:
         return  # a folder of images lists only what is in it
     base = root.resolve()
     outside = [
-        f"{item.source}: image {item.image!r} is not in the upload; use a path inside the zip or an http(s) URL"
+        f"{item.source}: image {image!r} is not in the upload; use a path inside the zip or an http(s) URL"
         for item in read_catalog(catalog).items
-        if not is_url(item.image) and not Path(item.image).resolve().is_relative_to(base)
+        for image in item.images
+        if not is_url(image) and not Path(image).resolve().is_relative_to(base)
     ]
     if outside:
         raise UploadError("\n".join(outside[:5]) + (f"\n... and {len(outside) - 5} more" if len(outside) > 5 else ""))
