@@ -117,6 +117,7 @@ def read_gmc_xml(path: Path, overrides: Mapping[str, FieldKind]) -> Catalog:
     problems = Problems(name)
     records: list[tuple[int, dict[str, Any]]] = []
     columns: dict[str, str] = {}
+    etree.clear_error_log()  # the log is kept per thread across parses; _syntax_error reads this parse's
     try:
         with path.open("rb") as fh:
             events = etree.iterparse(
@@ -134,16 +135,24 @@ def read_gmc_xml(path: Path, overrides: Mapping[str, FieldKind]) -> Catalog:
                     if el.getparent() is None:
                         _check_root(el, name, etree)
                 elif el.tag == "item":
-                    attrs, lines = _item_attributes(el, columns, etree)
+                    attrs, lines = _item_attributes(el, name, columns, etree)
                     records.append(
                         (el.sourceline, gmc_record(attrs, _line_of(lines, el.sourceline), problems, columns))
                     )
                     _forget(el)
     except etree.XMLSyntaxError as exc:
-        line, column = exc.position
-        raise CatalogError([f"{name}:{line}: not well-formed XML (character {column}): {exc.msg}"]) from None
+        raise _syntax_error(exc, name, etree) from None
     columns.update({k: columns.get(v, f"g:{v}") for k, v in _PHOTO_KEYS.items()})
     return build_catalog(path, records, _kinds(records, overrides), problems, columns)
+
+
+def _syntax_error(exc: Any, name: str, etree: Any) -> CatalogError:
+    # Reading incrementally, lxml can raise with a later, vaguer message ("no element found"); the
+    # parser's first error is the one that names the line to fix.
+    first = next((e for e in exc.error_log if e.level >= etree.ErrorLevels.ERROR), None)
+    line, column, message = (first.line, first.column, first.message) if first else (*exc.position, exc.msg)
+    # An empty file fails before its first line: it is still named by line 1.
+    return CatalogError([f"{name}:{max(line, 1)}: not well-formed XML (character {column}): {message}"])
 
 
 def _check_root(root: Any, name: str, etree: Any) -> None:
@@ -163,13 +172,20 @@ def _check_root(root: Any, name: str, etree: Any) -> None:
         )
 
 
-def _item_attributes(item: Any, columns: dict[str, str], etree: Any) -> tuple[dict[str, list[str]], dict[str, int]]:
+def _item_attributes(
+    item: Any, name: str, columns: dict[str, str], etree: Any
+) -> tuple[dict[str, list[str]], dict[str, int]]:
     """attribute -> values, and attribute -> line of its first element, of one <item>."""
     attrs: dict[str, list[str]] = {}
     lines: dict[str, int] = {}
+    entity = next(item.iter(etree.Entity), None)
+    if entity is not None:
+        # An entity of an external DTD, which is never loaded: refused rather than read as empty text.
+        line = entity.getparent().sourceline
+        raise CatalogError(
+            [f"{name}:{line}: entity reference {entity.text} is refused: feeds may use only XML's built-in entities"]
+        )
     for child in item:
-        if not isinstance(child.tag, str):
-            continue  # comments and processing instructions
         qname = etree.QName(child)
         # Nested attributes (shipping, tax, ...) are not kept; other namespaces belong to other tools.
         if qname.namespace not in (None, G_NS) or len(child):

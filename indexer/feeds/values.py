@@ -25,13 +25,17 @@ def parse_money(text: str) -> tuple[Decimal, str | None]:
     parts = text.split()
     currency = None
     if len(parts) == 2:
-        code = next((p for p in parts if _CURRENCY_RE.match(p)), None)
-        if code is not None:
-            currency = code.upper()
-            parts.remove(code)
-    if len(parts) != 1:
-        raise ValueError(f"cannot parse {text!r} as a price; expected an amount and a currency, like 49.00 USD")
-    return parse_price(parts[0]), currency
+        at = 1 if _CURRENCY_RE.match(parts[1]) else 0  # the code usually follows the amount
+        if _CURRENCY_RE.match(parts[at]):
+            currency = parts.pop(at).upper()
+    try:
+        if len(parts) != 1:
+            raise ValueError
+        return parse_price(parts[0]), currency
+    except ValueError:
+        raise ValueError(
+            f"cannot parse {text!r} as a price; expected an amount and a currency, like 49.00 USD"
+        ) from None
 
 
 def html_to_text(html: str) -> str:
