@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .images import is_url
 from .store import FieldKind
@@ -27,7 +27,7 @@ CORE_COLUMNS = ("id", "title", "description", "image", "images")
 MAX_REPORTED = 20
 
 FeedFormat = Literal["auto", "plain", "shopify", "gmc"]
-FEED_FORMATS: tuple[str, ...] = ("auto", "plain", "shopify", "gmc")
+FEED_FORMATS: tuple[str, ...] = get_args(FeedFormat)
 
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _INT_RE = re.compile(r"^[+-]?\d+$")

@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lxml import etree
+
+from .feeds.gmc import G_NS
+
 Row = dict[str, Any]
 
 SHOP_URL = "https://shop.example.com/products"
@@ -143,10 +147,7 @@ def write_gmc_tsv(path: Path, rows: Sequence[Row], photos: Sequence[Sequence[str
 
 def write_gmc_xml(path: Path, rows: Sequence[Row], photos: Sequence[Sequence[str]]) -> None:
     """RSS 2.0 with the g: namespace; additional_image_link repeats once per photo."""
-    from lxml import etree
-
-    g = "http://base.google.com/ns/1.0"
-    rss = etree.Element("rss", version="2.0", nsmap={"g": g})
+    rss = etree.Element("rss", version="2.0", nsmap={"g": G_NS})
     channel = etree.SubElement(rss, "channel")
     for tag, text in (("title", "lookalike demo shop"), ("link", SHOP_URL), ("description", "Demo products")):
         etree.SubElement(channel, tag).text = text
@@ -154,7 +155,7 @@ def write_gmc_xml(path: Path, rows: Sequence[Row], photos: Sequence[Sequence[str
         item = etree.SubElement(channel, "item")
         for attr, value in _gmc_item(row, shots, number).items():
             # RSS's own elements carry title, link and description; the rest are Merchant Center's.
-            tag = attr if attr in ("title", "link", "description") else f"{{{g}}}{attr}"
+            tag = attr if attr in ("title", "link", "description") else f"{{{G_NS}}}{attr}"
             for text in value if isinstance(value, list) else [value]:
                 etree.SubElement(item, tag).text = text
     etree.ElementTree(rss).write(str(path), encoding="utf-8", xml_declaration=True, pretty_print=True)

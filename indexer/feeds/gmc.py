@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lxml import etree
+
 from ..catalog_items import CORE_COLUMNS, Catalog, CatalogError, Problems, build_catalog
 from ..store import FieldKind
 from .table import Table, cell
@@ -111,8 +113,6 @@ def read_gmc_table(table: Table, overrides: Mapping[str, FieldKind]) -> Catalog:
 
 def read_gmc_xml(path: Path, overrides: Mapping[str, FieldKind]) -> Catalog:
     """Read an RSS 2.0 feed item by item; a feed that is not well-formed XML is named by its line."""
-    from lxml import etree
-
     name = path.name
     problems = Problems(name)
     records: list[tuple[int, dict[str, Any]]] = []
@@ -133,20 +133,20 @@ def read_gmc_xml(path: Path, overrides: Mapping[str, FieldKind]) -> Catalog:
             for event, el in events:
                 if event == "start":
                     if el.getparent() is None:
-                        _check_root(el, name, etree)
+                        _check_root(el, name)
                 elif el.tag == "item":
-                    attrs, lines = _item_attributes(el, name, columns, etree)
+                    attrs, lines = _item_attributes(el, name, columns)
                     records.append(
                         (el.sourceline, gmc_record(attrs, _line_of(lines, el.sourceline), problems, columns))
                     )
                     _forget(el)
     except etree.XMLSyntaxError as exc:
-        raise _syntax_error(exc, name, etree) from None
+        raise _syntax_error(exc, name) from None
     columns.update({k: columns.get(v, f"g:{v}") for k, v in _PHOTO_KEYS.items()})
     return build_catalog(path, records, _kinds(records, overrides), problems, columns)
 
 
-def _syntax_error(exc: Any, name: str, etree: Any) -> CatalogError:
+def _syntax_error(exc: etree.XMLSyntaxError, name: str) -> CatalogError:
     # Reading incrementally, lxml can raise with a later, vaguer message ("no element found"); the
     # parser's first error is the one that names the line to fix.
     first = next((e for e in exc.error_log if e.level >= etree.ErrorLevels.ERROR), None)
@@ -155,7 +155,7 @@ def _syntax_error(exc: Any, name: str, etree: Any) -> CatalogError:
     return CatalogError([f"{name}:{max(line, 1)}: not well-formed XML (character {column}): {message}"])
 
 
-def _check_root(root: Any, name: str, etree: Any) -> None:
+def _check_root(root: Any, name: str) -> None:
     dtd = root.getroottree().docinfo.internalDTD
     entities = [e.name for e in dtd.iterentities()] if dtd is not None else []
     if entities:
@@ -172,9 +172,7 @@ def _check_root(root: Any, name: str, etree: Any) -> None:
         )
 
 
-def _item_attributes(
-    item: Any, name: str, columns: dict[str, str], etree: Any
-) -> tuple[dict[str, list[str]], dict[str, int]]:
+def _item_attributes(item: Any, name: str, columns: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, int]]:
     """attribute -> values, and attribute -> line of its first element, of one <item>."""
     attrs: dict[str, list[str]] = {}
     lines: dict[str, int] = {}
