@@ -321,7 +321,8 @@ def build_catalog_tab(services: Services, shop: ShopView, header: Any) -> Catalo
     types = [*FILE_TYPES, ".zip"]
     gr.Markdown(
         "Upload a catalog (CSV, TSV, JSONL or Parquet with `id`, `image`, `title`, `description` and any other "
-        "columns), or a **zip** of one catalog file plus the images it names. Re-indexing only embeds what changed."
+        "columns, a Shopify product export or a Merchant Center feed), or a **zip** of one catalog file plus the "
+        "images it names. Re-indexing only embeds what changed."
     )
     with gr.Row(equal_height=False):
         upload = gr.File(label="Catalog file or zip", file_types=types, type="filepath", elem_id="catalog-upload")
