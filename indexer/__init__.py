@@ -1,6 +1,6 @@
 """Catalog -> embeddings -> vector store."""
 
-from .catalog import Catalog, CatalogError, CatalogItem, read_catalog
+from .catalog import Catalog, CatalogError, CatalogItem, FeedOptions, detect_format, read_catalog
 from .encoders import Device, Encoder, EncoderError, cpu_has_native_bf16, make_encoder, resolve_device
 from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
 from .manifest import IndexManifest, IndexTarget, build_models, index_into
@@ -28,6 +28,7 @@ __all__ = [
     "Device",
     "Encoder",
     "EncoderError",
+    "FeedOptions",
     "Filter",
     "ImageError",
     "ImagePolicy",
@@ -49,6 +50,7 @@ __all__ = [
     "VectorStore",
     "build_models",
     "decode_image",
+    "detect_format",
     "fetch_bytes",
     "index_catalog",
     "index_into",

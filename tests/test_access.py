@@ -10,17 +10,17 @@ import uuid
 import httpx
 import pytest
 from asgi_correlation_id import CorrelationIdFilter
+from conftest import make_catalog
 from pydantic import SecretStr
 from starlette.testclient import TestClient
+from test_api import running_server
 
-from conftest import make_catalog
 from indexer import ImagePolicy, IndexOptions, index_catalog, open_store, read_catalog
 from search import SearchEngine, SearchSettings
 from search.access import AccessDenied, WriteGuard, client_key
 from search.api import create_app
 from search.jobs import JobRunner
 from search.limits import DailyBudget, LimitExceeded, RateLimits
-from test_api import running_server
 
 TOKEN = "s3cret-admin-token"
 

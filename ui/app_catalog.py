@@ -173,9 +173,10 @@ def check_upload_images(catalog: Path, root: Path) -> None:
         return  # a folder of images lists only what is in it
     base = root.resolve()
     outside = [
-        f"{item.source}: image {item.image!r} is not in the upload; use a path inside the zip or an http(s) URL"
+        f"{item.source}: image {image!r} is not in the upload; use a path inside the zip or an http(s) URL"
         for item in read_catalog(catalog).items
-        if not is_url(item.image) and not Path(item.image).resolve().is_relative_to(base)
+        for image in item.images
+        if not is_url(image) and not Path(image).resolve().is_relative_to(base)
     ]
     if outside:
         raise UploadError("\n".join(outside[:5]) + (f"\n... and {len(outside) - 5} more" if len(outside) > 5 else ""))
@@ -329,8 +330,8 @@ def build_catalog_tab(services: Services, shop: ShopView, header: Any) -> Catalo
     with gr.Column(visible=False, elem_id="catalog-controls") as controls:
         gr.Markdown(
             "Upload a catalog (CSV, TSV, JSONL or Parquet with `id`, `image`, `title`, `description` and any other "
-            "columns), or a **zip** of one catalog file plus the images it names. Re-indexing only embeds what "
-            "changed."
+            "columns, a Shopify product export or a Merchant Center feed), or a **zip** of one catalog file plus the "
+            "images it names. Re-indexing only embeds what changed."
         )
         with gr.Row(equal_height=False):
             upload = gr.File(label="Catalog file or zip", file_types=types, type="filepath", elem_id="catalog-upload")

@@ -46,7 +46,7 @@ def detail_markdown(row: dict[str, Any]) -> str:
     lines = [f"### {e(str(p.get('title') or row['id']))}", f"match **{row['score']:.2f}** · id `{e(row['id'])}`"]
     if p.get("description"):
         lines += ["", e(str(p["description"]))]
-    facts = [f"- **{e(k)}:** {e(str(v))}" for k, v in p.items() if k not in ("title", "description", "image")]
+    facts = [f"- **{e(k)}:** {e(str(v))}" for k, v in p.items() if k not in ("title", "description", "image", "images")]
     return "\n".join(lines + [""] + facts)
 
 

@@ -25,6 +25,7 @@ from indexer import (
     open_store,
     read_catalog,
 )
+from indexer.catalog import FeedFormat, parse_mapping
 
 app = typer.Typer(
     name="lookalike",
@@ -39,6 +40,14 @@ log = logging.getLogger("lookalike")
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Index folder (env LOOKALIKE_DATA_DIR).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+CatalogFormat = Annotated[
+    FeedFormat | None,
+    typer.Option("--format", help="Catalog layout; auto detects it from the header (env LOOKALIKE_CATALOG_FORMAT)."),
+]
+ColumnMap = Annotated[
+    list[str] | None,
+    typer.Option("--map", help="FIELD=COLUMN for other layouts, repeatable: --map id=sku (env LOOKALIKE_CATALOG_MAP)."),
+]
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (CatalogError, EncoderError, StoreError, TagVocabError, FileNotFoundError)
@@ -93,6 +102,8 @@ def index(
     tags: Annotated[
         Path | None, typer.Option("--tags", help="Zero-shot tag vocabulary (YAML: label set -> labels).")
     ] = None,
+    catalog_format: CatalogFormat = None,
+    column_map: ColumnMap = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -107,11 +118,13 @@ def index(
             batch_size=batch_size,
             workers=workers,
             dtype=dtype,
+            catalog_format=catalog_format,
+            catalog_map=parse_mapping(column_map) if column_map else None,
         )
         manifest = IndexManifest.load(settings.data_dir)
         clip_spec, text_spec = resolve_models(settings, manifest)
         vocab = TagVocab.load(tags) if tags else (manifest.tag_vocab() if manifest else None)
-        items = read_catalog(catalog)
+        items = read_catalog(catalog, options=settings.feed_options())
         device = settings.torch_device()
         log.info("loading models on %s: %s, %s", device, clip_spec, text_spec)
         models = build_models(clip_spec, text_spec, device, vocab)
