@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import make_catalog
+
 from indexer.store_edge import MIN_FREE_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -418,6 +418,7 @@ def build_catalog_tab(services: Services, shop: ShopView, header: Any) -> Catalo
         inputs=[token_box],
         outputs=unlock_outputs,
         api_visibility="private",
+        show_progress="hidden",  # a refused token leaves the form usable, not covered by an error overlay
     )
 
     def access(request: gr.Request | None) -> tuple[Any, ...]:
