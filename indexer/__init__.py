@@ -1,6 +1,6 @@
 """Catalog -> embeddings -> vector store."""
 
-from .catalog import Catalog, CatalogError, CatalogItem, read_catalog
+from .catalog import Catalog, CatalogError, CatalogItem, FeedOptions, detect_format, read_catalog
 from .encoders import Device, Encoder, EncoderError, cpu_has_native_bf16, make_encoder, resolve_device
 from .engines import EngineConfig, EngineError, RayOptions
 from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
@@ -32,6 +32,7 @@ __all__ = [
     "EncoderError",
     "EngineConfig",
     "EngineError",
+    "FeedOptions",
     "Filter",
     "ImageError",
     "ImagePolicy",
@@ -55,6 +56,7 @@ __all__ = [
     "VectorStore",
     "build_models",
     "decode_image",
+    "detect_format",
     "fetch_bytes",
     "index_catalog",
     "index_into",

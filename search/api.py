@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Request
 from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,9 +39,12 @@ from indexer import (
 )
 from indexer.images import decode_upload, is_http_url, is_url, load_image
 
+from .access import AccessDenied, WriteGuard, bearer, client_key
 from .engine import SearchEngine
 from .filters import FilterError, parse_filters
 from .jobs import Job, JobConflict, JobRunner, ServerPathError, resolve_server_path
+from .limits import LimitExceeded, RateLimits
+from .metrics import REQUEST_ID_HEADER, SEARCH_SECONDS, observe
 from .query import Hit, QueryError, SearchInput, SearchSettings
 from .rerank import RerankerFactory
 
@@ -178,9 +182,20 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.engine, app.state.jobs = engine, jobs
-    _add_error_handlers(app)
     settings: SearchSettings = engine.settings
+    app.state.engine, app.state.jobs = engine, jobs
+    app.state.guard = guard = WriteGuard(settings.admin_token, settings.host)
+    app.state.limits = limits = RateLimits(settings.rate_limits())
+    _add_error_handlers(app)
+    observe(app, jobs)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        )
 
     @app.post(
         "/search",
@@ -191,6 +206,8 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
     async def search(request: Request) -> SearchResponse:
         """Search by JSON body, or by multipart form with an ``image`` file plus the same fields."""
         started = time.perf_counter()
+        client = _client(request)
+        limits.hit("search", client)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         upload: bytes | None = None
         if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -202,6 +219,8 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
             req = _validate_json(SearchRequest, body or b"{}")
         else:
             raise ApiError(415, f"send application/json or multipart/form-data, not {content_type}", "media_type")
+        if req.rerank == "vlm":
+            limits.hit("vlm", client)
         return await run_in_threadpool(_run_search, engine, req, upload, started)
 
     @app.get("/items/{item_id:path}/image", responses=_errors(404), response_class=Response)
@@ -222,15 +241,18 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
 
     @app.get("/items/{item_id:path}/similar", response_model=SearchResponse, responses=_errors(400, 404, 409))
     def similar(
+        request: Request,
         item_id: str,
         k: Annotated[int, QueryParam(ge=1)] = 10,
         filter: Annotated[list[str] | None, QueryParam(description="Repeatable filter expression.")] = None,
     ) -> SearchResponse:
         """Items that look like this one (the item itself excluded)."""
         started = time.perf_counter()
+        limits.hit("search", _client(request))
         _require_index(engine)
         _item(engine, item_id)
         hits = engine.similar(item_id, k=k, filters=parse_filters(filter or [], engine.fields))
+        SEARCH_SECONDS.labels("image").observe(time.perf_counter() - started)
         return _response(hits, "image", started)
 
     @app.get("/items/{item_id:path}", response_model=ItemOut, responses=_errors(404))
@@ -239,9 +261,14 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         hit = _item(engine, item_id)
         return ItemOut(id=hit.id, payload=hit.public_payload(), image_url=hit.image_url)
 
-    @app.post("/index", status_code=202, response_model=JobAccepted, responses=_errors(400, 409))
-    def start_index(req: IndexRequest) -> JobAccepted:
-        """Index (or re-index) a catalog on the server in the background; poll ``GET /jobs/{id}``."""
+    @app.post("/index", status_code=202, response_model=JobAccepted, responses=_errors(400, 401, 403, 409))
+    def start_index(request: Request, req: IndexRequest) -> JobAccepted:
+        """Index (or re-index, or prune) a catalog on the server in the background; poll ``GET /jobs/{id}``.
+
+        A write: it needs ``Authorization: Bearer LOOKALIKE_ADMIN_TOKEN`` when the server has a token, and
+        a loopback client on a loopback-only server when it has none."""
+        guard.check(request.client.host if request.client else None, bearer(request.headers.get("authorization")))
+        guard.check_server_path(settings.catalog_root)
         paths = {}
         for name, value in (("catalog", req.catalog), ("tags", req.tags)):
             if value is not None:
@@ -313,7 +340,11 @@ def _run_search(engine: SearchEngine, req: SearchRequest, upload: bytes | None, 
             raise ApiError(400, "image_url must be an http(s) URL; to send a file, upload it", "image_url")
         image, _ = load_image(req.image_url, policy)
     query = req.to_query(engine.fields, image)
-    return _response(engine.search(query), query.kind, started)
+    hits = engine.search(query)
+    took = time.perf_counter() - started
+    SEARCH_SECONDS.labels(query.kind).observe(took)
+    log.info("%s search: %d hits in %.1f ms", query.kind, len(hits), took * 1000)
+    return _response(hits, query.kind, started)
 
 
 def _response(hits: list[Hit], kind: str, started: float) -> SearchResponse:
@@ -343,6 +374,10 @@ def _query_policy(settings: SearchSettings) -> ImagePolicy:
         allow_private_urls=settings.allow_private_urls,
         retries=1,
     )
+
+
+def _client(request: Request) -> str:
+    return client_key(request.client.host if request.client else None, request.headers.get("authorization"))
 
 
 def _require_index(engine: SearchEngine) -> None:
@@ -447,11 +482,24 @@ def _add_error_handlers(app: FastAPI) -> None:
         body = {"detail": str(exc), "error": "job_running", "job_id": exc.running.id}
         return JSONResponse(body, status_code=409)
 
+    async def denied(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AccessDenied)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        code = "unauthorized" if exc.status == 401 else "forbidden"
+        return JSONResponse({"detail": str(exc), "error": code}, status_code=exc.status, headers=headers)
+
+    async def limited(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LimitExceeded)
+        headers = {"Retry-After": str(exc.retry_after)}
+        return JSONResponse({"detail": str(exc), "error": "rate_limited"}, status_code=429, headers=headers)
+
     async def store_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("store error: %s", exc)
         return JSONResponse({"detail": str(exc), "error": "store"}, status_code=503)
 
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(AccessDenied, denied)
+    app.add_exception_handler(LimitExceeded, limited)
     app.add_exception_handler(ImageError, image_error)
     app.add_exception_handler(JobConflict, conflict)
     app.add_exception_handler(StoreError, store_error)

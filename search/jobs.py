@@ -226,7 +226,7 @@ class JobRunner:
                 IndexTarget(data_dir, engine.store, store_spec, models),
                 catalog,
                 self.settings,
-                self._errors_file(job),
+                self.errors_file(job),
                 prune=job.prune,
                 progress=progress,
             )
@@ -243,15 +243,16 @@ class JobRunner:
             with self._lock:
                 job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
-            rows, count = _read_errors(self._errors_file(job))
+            rows, count = _read_errors(self.errors_file(job))
             with self._lock:
                 job.errors, job.errors_total, job.finished = rows, count, _now()
                 self._save(job)
 
     # -- persistence ----------------------------------------------------------------------------
 
-    def _errors_file(self, job: Job) -> Path:
-        # Jobs saved by older versions recorded an absolute path, which this join keeps as it is.
+    def errors_file(self, job: Job) -> Path:
+        """The job's full errors list on this server. Jobs saved by older versions recorded an absolute path,
+        which this join keeps as it is."""
         return Path(self.settings.data_dir) / (job.errors_path or f"{JOBS_DIR}/{job.id}.errors.jsonl")
 
     def _active(self) -> Job | None:
@@ -281,7 +282,7 @@ class JobRunner:
             if job.status in ACTIVE:
                 job.status = "interrupted"
                 job.error = "the server stopped while this job ran; submit the catalog again to finish it"
-                job.errors, job.errors_total = _read_errors(self._errors_file(job))
+                job.errors, job.errors_total = _read_errors(self.errors_file(job))
                 self._save(job)
             jobs[job.id] = job
         return jobs
@@ -294,7 +295,7 @@ class JobRunner:
                 del self._jobs[job.id]
         for job in old:
             (self.dir / f"{job.id}.json").unlink(missing_ok=True)
-            self._errors_file(job).unlink(missing_ok=True)
+            self.errors_file(job).unlink(missing_ok=True)
 
 
 def _read_errors(path: Path) -> tuple[list[dict[str, Any]], int]:

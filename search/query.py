@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from indexer import Filter, Settings
 from indexer.images import is_http_url
@@ -53,6 +53,25 @@ class SearchSettings(Settings):
     catalog_root: Path | None = Field(
         None, description="When set, catalogs and tag files named by server path must be inside this folder."
     )
+    host: str = Field("127.0.0.1", description="Address the server listens on (serve/ui --host).")
+    admin_token: SecretStr | None = Field(
+        None, description="Needed for writes (index jobs, the UI's Catalog tab) as Authorization: Bearer TOKEN."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins browsers may call the API from (JSON list); none by default."
+    )
+    rate_limit_search: str | None = Field("600/minute", description="Per client: searches and similar items.")
+    rate_limit_vlm: str | None = Field("30/minute", description="Per client: VLM calls (ask, rerank=vlm).")
+    rate_limit_generate: str | None = Field("10/minute", description="Per client: variant generation.")
+
+    @field_validator("admin_token", "rate_limit_search", "rate_limit_vlm", "rate_limit_generate", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        # Compose passes an unset variable as "": that must not become an empty (guessable) token.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def rate_limits(self) -> dict[str, str | None]:
+        return {"search": self.rate_limit_search, "vlm": self.rate_limit_vlm, "generate": self.rate_limit_generate}
 
 
 # Payload fields that hold the item's pictures: file paths inside the server, or the catalog's URLs.

@@ -46,7 +46,7 @@ def detail_markdown(row: dict[str, Any]) -> str:
     lines = [f"### {e(str(p.get('title') or row['id']))}", f"match **{row['score']:.2f}** · id `{e(row['id'])}`"]
     if p.get("description"):
         lines += ["", e(str(p["description"]))]
-    facts = [f"- **{e(k)}:** {e(str(v))}" for k, v in p.items() if k not in ("title", "description", "image")]
+    facts = [f"- **{e(k)}:** {e(str(v))}" for k, v in p.items() if k not in ("title", "description", "image", "images")]
     return "\n".join(lines + [""] + facts)
 
 
@@ -205,7 +205,10 @@ def build_shop_tab(services: Services) -> ShopView:
         gallery_items = [(t, caption(h)) for t, h in zip(thumbs, found, strict=True)]
         return gallery_items, text, rows, gr.Column(visible=False)
 
-    def run(query_: Query, what: str) -> tuple[Any, ...]:
+    def run(query_: Query, what: str, request: gr.Request | None) -> tuple[Any, ...]:
+        services.count("search", request)
+        if query_.rerank == "vlm":
+            services.count("vlm", request)
         if engine.store.schema() is None or not engine.store.count():
             return [], "The index is empty: upload a catalog in the **Catalog** tab, then search here.", [], gr.skip()
         if query_.rerank == "vlm" and not services.vlm_settings.vlm:
@@ -222,6 +225,7 @@ def build_shop_tab(services: Services) -> ShopView:
         price_max: float | None,
         rerank: str,
         k: float,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
         text = (text or "").strip()
         if not text and not image:
@@ -237,7 +241,7 @@ def build_shop_tab(services: Services) -> ShopView:
             k=int(k),
             rerank=rerank or "none",
         ).to_query(engine.fields, img, services.facets.get().filter(filters, price_min, price_max))
-        return run(q, what)
+        return run(q, what, request)
 
     def like(
         item_id: str,
@@ -248,6 +252,7 @@ def build_shop_tab(services: Services) -> ShopView:
         price_max: float | None,
         rerank: str,
         k: float,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
         if not item_id:
             raise gr.Error("Pick a result first.", print_exception=False)
@@ -264,7 +269,7 @@ def build_shop_tab(services: Services) -> ShopView:
             k=int(k),
             rerank=rerank or "none",
         ).to_query(engine.fields, also=services.facets.get().filter(filters, price_min, price_max))
-        return run(q, what)
+        return run(q, what, request)
 
     def pick(rows: list[dict[str, Any]] | None, evt: gr.SelectData) -> tuple[Any, ...]:
         if not rows or evt.index is None or not 0 <= int(evt.index) < len(rows):
@@ -302,8 +307,9 @@ def build_shop_tab(services: Services) -> ShopView:
         price_max: float | None,
         rerank: str,
         k: float,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
-        return like(item_id, "", negative, filters, price_min, price_max, rerank, k)
+        return like(item_id, "", negative, filters, price_min, price_max, rerank, k, request)
 
     more.click(
         friendly(more_like_this),

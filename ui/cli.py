@@ -27,6 +27,7 @@ from indexer import (
     read_catalog,
     resolve_device,
 )
+from indexer.catalog import FeedFormat, parse_mapping
 
 app = typer.Typer(
     name="lookalike",
@@ -41,6 +42,14 @@ log = logging.getLogger("lookalike")
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Index folder (env LOOKALIKE_DATA_DIR).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+CatalogFormat = Annotated[
+    FeedFormat | None,
+    typer.Option("--format", help="Catalog layout; auto detects it from the header (env LOOKALIKE_CATALOG_FORMAT)."),
+]
+ColumnMap = Annotated[
+    list[str] | None,
+    typer.Option("--map", help="FIELD=COLUMN for other layouts, repeatable: --map id=sku (env LOOKALIKE_CATALOG_MAP)."),
+]
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (CatalogError, EncoderError, EngineError, StoreError, TagVocabError, FileNotFoundError)
@@ -97,6 +106,8 @@ def index(
     tags: Annotated[
         Path | None, typer.Option("--tags", help="Zero-shot tag vocabulary (YAML: label set -> labels).")
     ] = None,
+    catalog_format: CatalogFormat = None,
+    column_map: ColumnMap = None,
     engine: Annotated[
         str | None, typer.Option("--engine", help="local | ray: Ray Data over a cluster (env LOOKALIKE_ENGINE).")
     ] = None,
@@ -127,11 +138,13 @@ def index(
             ray_address=ray_address,
             ray_workers=workers if on_ray else None,
             ray_gpus_per_worker=gpus_per_worker,
+            catalog_format=catalog_format,
+            catalog_map=parse_mapping(column_map) if column_map else None,
         )
         manifest = IndexManifest.load(settings.data_dir)
         clip_spec, text_spec = resolve_models(settings, manifest)
         vocab = TagVocab.load(tags) if tags else (manifest.tag_vocab() if manifest else None)
-        items = read_catalog(catalog)
+        items = read_catalog(catalog, options=settings.feed_options())
         # On Ray the workers run the models on their own devices; the driver needs only ids and sizes.
         device = resolve_device("cpu") if on_ray else settings.torch_device()
         log.info("loading models on %s: %s, %s", device, clip_spec, text_spec)
@@ -224,12 +237,17 @@ def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 
 
 # Command modules register themselves on ``app``; imported here so ``lookalike`` has them all.
-from . import cli_ask, cli_demo, cli_search, cli_serve, cli_ui, cli_vary  # noqa: E402,F401
+from . import cli_ask, cli_demo, cli_search, cli_serve, cli_vary  # noqa: E402,F401
 
 
 def _configure_logging() -> None:
+    from asgi_correlation_id import CorrelationIdFilter
+
     level = os.environ.get("LOOKALIKE_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Every line names the request it belongs to ("-" outside requests): [request id] level logger: message.
+    logging.basicConfig(level=level, format="[%(correlation_id)s] %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(CorrelationIdFilter(default_value="-"))
 
 
 def main() -> None:
