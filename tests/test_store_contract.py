@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
+from qdrant_client import models as qm
 
+from indexer import store_codec
 from indexer.store import (
     HASH_KEY,
     ID_KEY,
@@ -29,6 +31,7 @@ from indexer.store import (
     SchemaMismatch,
     SearchRequest,
     StoreError,
+    StoreLayout,
     StoreSchema,
     VectorStore,
     open_store,
@@ -355,6 +358,17 @@ class TestContract:
         store.upsert([Record("late", {"category": "shoe"}, {"image": image_vec(0)})])
         assert store.count(flt) == 5  # writes after optimize land too; a missing named vector is allowed
 
+    def test_bulk_load_then_optimize_keeps_results(self, backend):
+        store = backend.open()
+        store.ensure_schema(SCHEMA)
+        store.begin_bulk_load()
+        store.upsert(ALL)
+        expected = [f"p{i}" for i in range(N)]
+        assert ids(store.search("image", image_vec(0), N)) == expected  # exact while the index waits
+        store.optimize(progress=lambda done, total: None)
+        assert ids(store.search("image", image_vec(0), N)) == expected
+        assert store.count() == N
+
     def test_bad_vectors_name_the_item(self, store):
         bad = Record("p9", {}, {"image": np.ones(5, dtype=np.float32)})
         with pytest.raises(StoreError, match=r"'p9'.*'image'.*\(4,\)"):
@@ -481,7 +495,8 @@ class FakeQdrant(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length)) if length else None
         path = self.path.split("?")[0]
         self.seen.append((self.command, path, body))
-        status, doc = self.routes.get((self.command, path), (404, {"status": {"error": "not found"}}))
+        answer = self.routes.get((self.command, path), (404, {"status": {"error": "not found"}}))
+        status, doc = answer() if callable(answer) else answer
         data = json.dumps(doc).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -567,6 +582,68 @@ def test_cluster_collection_layout(fake_qdrant):
     assert body["vectors"]["text"] == {"size": 8, "distance": "Cosine"}
     assert body["quantization_config"] == {"scalar": {"type": "int8", "quantile": 0.99, "always_ram": True}}
     assert body["metadata"]["lookalike"]["models"] == SCHEMA.models
+
+
+def test_cluster_collection_with_vectors_on_disk(fake_qdrant):
+    FakeQdrant.routes.update(
+        {
+            ("GET", "/collections/lookalike/exists"): (200, ok({"exists": False})),
+            ("GET", "/cluster"): (200, ok({"status": "disabled"})),
+            ("PUT", "/collections/lookalike"): (200, ok(True)),
+        }
+    )
+    QdrantStore(fake_qdrant, options=FAST).ensure_schema(SCHEMA, StoreLayout(vectors_on_disk=True))
+    body = next(b for m, p, b in FakeQdrant.seen if m == "PUT")
+    assert body["vectors"]["text"] == {"size": 8, "distance": "Cosine", "on_disk": True}
+    assert body["quantization_config"]["scalar"]["always_ram"] is True  # the int8 copies stay in RAM
+
+
+def collection_info(threshold: int, status: str, points: int, indexed: int) -> dict:
+    """A collection's info as a server sends it, made by qdrant-client's own in-process server."""
+    client = QdrantClient(":memory:")
+    client.create_collection(
+        "c", vectors_config={n: qm.VectorParams(size=s, distance="Cosine") for n, s in SCHEMA.vectors.items()}
+    )
+    info = client.get_collection("c").model_dump(mode="json", exclude_none=True)
+    info["config"]["metadata"] = {"lookalike": store_codec.meta_to_json(SCHEMA, {})}
+    info["config"]["optimizer_config"]["indexing_threshold"] = threshold
+    info.update(status=status, points_count=points, indexed_vectors_count=indexed)
+    return info
+
+
+def test_cluster_bulk_load_turns_indexing_off_then_on_and_waits_with_progress(fake_qdrant):
+    state = {"threshold": 20_000, "polls": 0}
+
+    def info():
+        # After indexing is turned back on: two polls while optimizing, then done.
+        if state["threshold"]:
+            state["polls"] += 1
+        optimizing = state["threshold"] and state["polls"] <= 2
+        indexed = 0 if not state["threshold"] else 50 * state["polls"] if optimizing else 200
+        return 200, ok(collection_info(state["threshold"], "yellow" if optimizing else "green", 100, indexed))
+
+    def patch():
+        body = FakeQdrant.seen[-1][2]
+        state["threshold"], state["polls"] = body["optimizers_config"]["indexing_threshold"], 0
+        return 200, ok(True)
+
+    FakeQdrant.routes.update(
+        {
+            ("GET", "/collections/lookalike/exists"): (200, ok({"exists": True})),
+            ("GET", "/collections/lookalike"): info,
+            ("PATCH", "/collections/lookalike"): patch,
+        }
+    )
+    store = QdrantStore(fake_qdrant, options=FAST)
+    store.begin_bulk_load()
+    assert state["threshold"] == 0
+    assert store.unindexed() == 100  # nothing is indexed while the load lasts
+    seen = []
+    store.optimize(progress=lambda done, total: seen.append((done, total)))
+    assert state["threshold"] == 20_000
+    assert seen[0][1] == 200 and seen[-1] == (200, 200) and len(seen) >= 3
+    patches = [b["optimizers_config"]["indexing_threshold"] for m, p, b in FakeQdrant.seen if m == "PATCH"]
+    assert patches == [0, 20_000]
 
 
 def test_is_transient():
