@@ -15,6 +15,7 @@ from indexer.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 NODES = ["qdrant-1", "qdrant-2", "qdrant-3"]
 APPS = ["api", "ui", "indexer"]
+RAY = ["ray-head", "ray-worker", "ray-indexer"]
 P2P_PORT = 6335
 
 
@@ -52,7 +53,7 @@ def _published(service: dict) -> set[str]:
 
 
 def test_services(services):
-    assert set(services) == {*NODES, *APPS}
+    assert set(services) == {*NODES, *APPS, *RAY}
 
 
 def test_qdrant_nodes_run_in_cluster_mode(services):
@@ -244,7 +245,7 @@ def test_dockerfile_installs_every_package():
     assert project["project"]["scripts"]["lookalike"]
 
 
-@pytest.mark.parametrize("name", APPS)
+@pytest.mark.parametrize("name", [*APPS, "ray-indexer"])
 def test_app_commands_parse_with_the_cli(services, name):
     """Each service's command is accepted by the real `lookalike` CLI (parsed, not run)."""
     import typer.main
@@ -257,3 +258,89 @@ def test_app_commands_parse_with_the_cli(services, name):
         command = group.get_command(ctx, args[0])
         assert command is not None, f"`lookalike {args[0]}` (service {name}) is not a CLI command"
         command.make_context(args[0], list(args[1:]), parent=ctx)
+
+
+# -- the Ray cluster and the indexer that runs on it ---------------------------------------------
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``--name=value`` or ``--name value`` in a command line."""
+    for i, arg in enumerate(args):
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """Container path -> mode ("ro" or "rw") of each volume."""
+    out = {}
+    for volume in service.get("volumes", []):
+        parts = _resolve(volume).split(":")
+        out[parts[1]] = parts[2] if len(parts) > 2 else "rw"
+    return out
+
+
+def test_ray_services_start_only_with_their_profile(services):
+    for name in RAY:
+        assert services[name]["profiles"] == ["ray"], name
+    assert services["ray-indexer"]["restart"] == "no"
+
+
+def test_ray_head_and_gpu_worker_form_one_cluster(services):
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert head["entrypoint"] == worker["entrypoint"] == ["ray"]
+    head_args, worker_args = _command(head), _command(worker)
+    assert head_args[0] == worker_args[0] == "start" and "--block" in head_args and "--block" in worker_args
+    assert "--head" in head_args and "--head" not in worker_args
+    gcs_port = _option(head_args, "--port")
+    assert _option(worker_args, "--address") == f"ray-head:{gcs_port}"
+    assert {gcs_port, _option(head_args, "--ray-client-server-port")} <= {str(p) for p in head["expose"]}
+    # The encoders run where the GPUs are: the worker reserves them, the head asks for none.
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert not head.get("deploy") and _option(head_args, "--num-gpus") == "0"
+    assert worker["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
+    check = " ".join(head["healthcheck"]["test"])
+    assert "ray status" in check and f"127.0.0.1:{gcs_port}" in check
+    for node in (head, worker):
+        # Ray's object store is shared memory: Docker's 64 MB default would spill it to disk.
+        assert int(str(node["shm_size"]).rstrip("gb")) >= 1
+
+
+def test_ray_nodes_and_driver_share_one_token(services):
+    for name in RAY:
+        env = services[name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert env["RAY_AUTH_TOKEN"] == "${RAY_AUTH_TOKEN:-}", name  # from the host, never written here
+
+
+def test_every_ray_node_sees_the_catalog_at_the_indexers_path(services):
+    """Any node may decode any image, so the catalog is mounted read-only at one path everywhere."""
+    catalog = _command(services["ray-indexer"])[1]
+    for name in RAY:
+        mounts = _mounts(services[name])
+        root = next((path for path in mounts if catalog.startswith(path + "/")), None)
+        assert root == "/catalog" and mounts[root] == "ro", name
+
+
+def test_ray_indexer_runs_the_ray_engine_against_both_clusters(services):
+    indexer, head = services["ray-indexer"], services["ray-head"]
+    args = _command(indexer)
+    assert args[:2] == ["index", "/catalog/catalog.jsonl"]
+    assert _flag(args, "--engine") == "ray"
+    address = urlparse(_flag(args, "--ray-address"))
+    assert address.scheme == "ray" and address.hostname == "ray-head"
+    assert str(address.port) == _option(_command(head), "--ray-client-server-port")
+    env = {k: _resolve(v) for k, v in indexer["environment"].items()}
+    settings = Settings(
+        **{k.removeprefix("LOOKALIKE_").lower(): v for k, v in env.items() if k.startswith("LOOKALIKE_")}
+    )
+    kind, _, url = settings.store_spec().partition(":")
+    assert kind == "qdrant" and urlparse(url).hostname in NODES
+    assert _flag(args, "--data-dir") == env["LOOKALIKE_DATA_DIR"] and env["LOOKALIKE_DATA_DIR"] in _mounts(indexer)
+    deps = indexer["depends_on"]
+    assert all(deps[n]["condition"] == "service_healthy" for n in [*NODES, "ray-head"])
+    assert "ray-worker" in deps
+    assert not indexer.get("deploy"), "the driver runs no model and needs no GPU"
