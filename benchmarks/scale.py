@@ -141,6 +141,10 @@ def run_child(args: argparse.Namespace) -> None:
     load_s, build_s = fill(store, args.size, args.cluster_weight)
     result = {"load_s": load_s, "build_s": build_s, "disk": disk_bytes(root) if spec.startswith("edge:") else None}
     result["hwm_build"] = vm_status(os.getpid()).get("VmHWM", 0)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     models = build_models(CLIP, TEXT, resolve_device("cpu"))
     timed = TimedStore(store)
     (root / "engine").mkdir(exist_ok=True)
@@ -177,17 +181,21 @@ def run_config(args: argparse.Namespace, size: int, placement: str) -> dict:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--child", "--size", str(size), "--placement", placement, "--root", tmp]
         cmd += ["--out", str(out), "--queries", str(args.queries), "--cluster-weight", str(args.cluster_weight)]
-        cmd += ["--store", args.store]
+        cmd += ["--store", args.store, "--threads", str(args.threads)]
         proc = subprocess.Popen(cmd)
         peak = {"VmRSS": 0, "RssAnon": 0}
+        loads = []
         while proc.poll() is None:
             status = vm_status(proc.pid)
             peak = {k: max(v, status.get(k, 0)) for k, v in peak.items()}
+            loads.append(os.getloadavg()[0])
             time.sleep(0.5)
         if proc.returncode != 0:
             return {"error": f"exit {proc.returncode}"}
         result = json.loads(out.read_text())
-    return {**result, "peak_rss": peak["VmRSS"], "peak_anon": peak["RssAnon"]}
+    # The machine's load average while it ran: more than the cores means other work shared them.
+    load = float(np.mean(loads)) if loads else 0.0
+    return {**result, "peak_rss": peak["VmRSS"], "peak_anon": peak["RssAnon"], "load": load}
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -203,7 +211,7 @@ def report(size: int, placement: str, r: dict) -> list[str]:
         f"{r['peak_rss'] / 1e9:6.2f} {r['peak_anon'] / 1e9:6.2f} {disk}"
     )
     cells = " ".join(f"{lat[k][0][0]:5.1f}/{lat[k][0][1]:5.1f}" for k in KINDS)
-    return [f"{head}  {cells}  {lat['text'][1][0]:5.1f}/{lat['text'][1][1]:5.1f}"]
+    return [f"{head}  {cells}  {lat['text'][1][0]:5.1f}/{lat['text'][1][1]:5.1f}  {r['load']:4.1f}"]
 
 
 def main() -> None:
@@ -213,6 +221,13 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--cluster-weight", type=float, default=0.5, help="0: uniform random vectors.")
     ap.add_argument("--store", default="edge", help="edge, or qdrant:http://HOST:6333 for a server or cluster.")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="Torch threads for the query encoders (0: torch's default). On a machine other work shares, "
+        "use 1: with 2 threads each parallel region waits for a descheduled thread (10-20x slower).",
+    )
     ap.add_argument("--dir", default=None, help="Where the stores are built (needs ~15 GB per million items).")
     ap.add_argument("--json", default=None, help="Also write every figure to this file.")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -224,13 +239,16 @@ def main() -> None:
     if args.child:
         run_child(args)
         return
-    print(f"vectors {DIMS}, cluster weight {args.cluster_weight}, {args.queries} queries per kind, store {args.store}")
+    print(
+        f"vectors {DIMS}, cluster weight {args.cluster_weight}, {args.queries} queries per kind, "
+        f"store {args.store}, torch threads {args.threads or 'default'}"
+    )
     print("BM25 channel: not in the stores yet (see lexical_vectors)")
     print(TARGETS)
     print(
         f"{'items':>10} {'vectors':<8} {'load s':>8} {'build s':>8} {'RSS GB':>6} {'anon':>6} {'disk':>6}  "
         + " ".join(f"{k:>11}" for k in ("text", "like", "composed", "filtered"))
-        + "  text e2e   (store p50/p95 ms; e2e p50/p95 ms)"
+        + "  text e2e  load  (store p50/p95 ms; e2e p50/p95 ms; mean load average)"
     )
     figures = []
     for size in args.sizes:

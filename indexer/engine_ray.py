@@ -55,6 +55,8 @@ from .store import ProgressFn, Record, VectorStore, open_store
 log = logging.getLogger(__name__)
 
 _READY, _SKIPPED, _FAILED = "ready", "skipped", "failed"
+# Model loading bars from every worker would be relayed into the driver's progress bar.
+_WORKER_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
 _BLOCKS = 2000  # input blocks for a large catalog: enough to spread, few enough to plan quickly
 
 
@@ -94,8 +96,9 @@ def index_catalog_ray(
     with bulk.naming_the_on_disk_option(f"the load of {catalog.path}"):
         is_bulk = begin_load(store, catalog, stored, models.schema(), options)
         with RunLog.open(errors_path, report, stored) as run:
-            dataset = _dataset(ray, catalog, stored, prep, workers, options, plan)
-            _drain(dataset, catalog, None if plan.writers else store, run, progress)
+            if catalog.items:
+                dataset = _dataset(ray, catalog, stored, prep, workers, options, plan)
+                _drain(dataset, catalog, None if plan.writers else store, run, progress)
         finish_index(store, catalog, stored, options, report, is_bulk, build_progress)
     report.seconds = time.perf_counter() - started
     return report
@@ -112,6 +115,12 @@ def connect(options: RayOptions) -> Any:
     except ImportError as exc:
         raise EngineError("the ray engine needs Ray: pip install 'lookalike[ray]'") from exc
     address = options.address
+    if address and address.startswith("ray://"):
+        raise EngineError(
+            f"--ray-address {address}: Ray Data cannot run through Ray Client (ray://). Run lookalike on a "
+            "node of the cluster with --ray-address auto or HOST:6379; `ray start --address=HOST:6379 "
+            "--num-cpus=0 --num-gpus=0` makes any machine such a node without giving the cluster its CPUs."
+        )
     if address and address != "auto":
         _check_answers(address, options.connect_timeout_s)
     if ray.is_initialized():
@@ -119,7 +128,7 @@ def connect(options: RayOptions) -> Any:
     try:
         # A new local instance needs no dashboard; an existing cluster refuses the option.
         extra = {} if address else {"include_dashboard": False}
-        ray.init(address=address, logging_level=logging.WARNING, **extra)
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": _WORKER_ENV}, **extra)
     except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError for a bad cluster
         raise EngineError(f"cannot join the Ray cluster at {address or 'a new local instance'}: {exc}") from exc
     return ray
@@ -127,18 +136,19 @@ def connect(options: RayOptions) -> Any:
 
 def _check_answers(address: str, timeout_s: float) -> None:
     # ray.init waits a long while on an address where nothing listens: fail fast with what to fix.
-    url = urlsplit(address if "://" in address else f"ray-gcs://{address}")
-    default_port = 10001 if url.scheme == "ray" else 6379
-    host, port = url.hostname, url.port or default_port
+    try:
+        url = urlsplit(f"ray-gcs://{address}")
+        host, port = url.hostname, url.port or 6379
+    except ValueError:
+        host = None
     if not host:
-        raise EngineError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+        raise EngineError(f"--ray-address {address!r}: expected auto or HOST:PORT")
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as exc:
         raise EngineError(
             f"no Ray cluster answers at {address} ({exc}). Start one (`ray start --head`), check the address "
-            "(HOST:6379 from a cluster node, ray://HOST:10001 from elsewhere), or leave --ray-address out "
-            "for a local Ray."
+            "(the head's GCS port, 6379 by default), or leave --ray-address out for a local Ray."
         ) from None
 
 

@@ -22,8 +22,8 @@ class RayOptions:
     """Where and how wide the ray engine runs.
 
     ``address``: ``None`` starts a local Ray (or reuses the one this process already started); ``auto``
-    or ``HOST:6379`` joins a cluster this machine is a node of; ``ray://HOST:10001`` reaches a cluster's
-    head from any machine. ``workers``: encoder actors (default: one per GPU in the cluster, else 1).
+    or ``HOST:6379`` joins a cluster this machine is a node of (Ray Data's executor cannot run through
+    Ray Client, so ``ray://`` is refused). ``workers``: encoder actors (default: one per GPU in the cluster, else 1).
     ``gpus_per_worker``: GPUs each encoder actor holds (default: 1 where the cluster has GPUs, else 0;
     fractions pack several actors on one GPU). ``writers``: writer actors for a ``qdrant:`` store (an
     ``edge:`` store has one writer: the process that holds it)."""

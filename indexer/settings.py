@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     # Scale: bulk loads and the distributed engine (README, "Past one machine").
     vectors_on_disk: bool = Field(False, description="New stores keep float32 vectors on disk, int8 copies in RAM.")
     engine: Literal["local", "ray"] = Field("local", description="Indexing engine: local (this process) or ray.")
-    ray_address: str | None = Field(None, description="auto, HOST:6379 on a node, ray://HOST:10001; none: local Ray.")
+    ray_address: str | None = Field(None, description="auto or HOST:6379, from a cluster node; none: a local Ray.")
     ray_workers: int | None = Field(None, ge=1, le=4096, description="Encoder actors; default one per GPU, else 1.")
     ray_gpus_per_worker: float | None = Field(None, ge=0, le=8, description="GPUs per encoder actor; default 1 or 0.")
 

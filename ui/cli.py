@@ -112,7 +112,7 @@ def index(
         str | None, typer.Option("--engine", help="local | ray: Ray Data over a cluster (env LOOKALIKE_ENGINE).")
     ] = None,
     ray_address: Annotated[
-        str | None, typer.Option("--ray-address", help="auto | HOST:6379 | ray://HOST:10001; default: a local Ray.")
+        str | None, typer.Option("--ray-address", help="auto | HOST:6379 (a cluster node); default: a local Ray.")
     ] = None,
     gpus_per_worker: Annotated[
         float | None, typer.Option("--gpus-per-worker", min=0, help="GPUs per encoder worker (ray engine).")
