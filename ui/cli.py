@@ -46,6 +46,15 @@ CatalogFormat = Annotated[
     FeedFormat | None,
     typer.Option("--format", help="Catalog layout; auto detects it from the header (env LOOKALIKE_CATALOG_FORMAT)."),
 ]
+Engine = Annotated[
+    str | None, typer.Option("--engine", help="local | ray: Ray Data over a cluster (env LOOKALIKE_ENGINE).")
+]
+RayAddress = Annotated[
+    str | None, typer.Option("--ray-address", help="auto | HOST:6379 (a cluster node); default: a local Ray.")
+]
+GpusPerWorker = Annotated[
+    float | None, typer.Option("--gpus-per-worker", min=0, help="GPUs per encoder worker (ray engine).")
+]
 ColumnMap = Annotated[
     list[str] | None,
     typer.Option("--map", help="FIELD=COLUMN for other layouts, repeatable: --map id=sku (env LOOKALIKE_CATALOG_MAP)."),
@@ -108,15 +117,9 @@ def index(
     ] = None,
     catalog_format: CatalogFormat = None,
     column_map: ColumnMap = None,
-    engine: Annotated[
-        str | None, typer.Option("--engine", help="local | ray: Ray Data over a cluster (env LOOKALIKE_ENGINE).")
-    ] = None,
-    ray_address: Annotated[
-        str | None, typer.Option("--ray-address", help="auto | HOST:6379 (a cluster node); default: a local Ray.")
-    ] = None,
-    gpus_per_worker: Annotated[
-        float | None, typer.Option("--gpus-per-worker", min=0, help="GPUs per encoder worker (ray engine).")
-    ] = None,
+    engine: Engine = None,
+    ray_address: RayAddress = None,
+    gpus_per_worker: GpusPerWorker = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -124,23 +127,17 @@ def index(
     from tqdm import tqdm
 
     with user_errors():
-        if engine not in (None, "local", "ray"):
-            raise UserError(f"--engine {engine!r}: use local or ray")
-        on_ray = (engine or Settings().engine) == "ray"
         settings = settings_with(
             data_dir=data_dir,
             clip_model=model,
             text_model=text_model,
             batch_size=batch_size,
-            workers=None if on_ray else workers,
             dtype=dtype,
-            engine=engine,
-            ray_address=ray_address,
-            ray_workers=workers if on_ray else None,
-            ray_gpus_per_worker=gpus_per_worker,
             catalog_format=catalog_format,
             catalog_map=parse_mapping(column_map) if column_map else None,
+            **_engine_overrides(engine, workers, ray_address, gpus_per_worker),
         )
+        on_ray = settings.engine == "ray"
         manifest = IndexManifest.load(settings.data_dir)
         clip_spec, text_spec = resolve_models(settings, manifest)
         vocab = TagVocab.load(tags) if tags else (manifest.tag_vocab() if manifest else None)
@@ -173,6 +170,20 @@ def index(
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.failures.items()))
             text += f"\n{report.failed} failed ({reasons}); details in {report.errors_path}"
         emit(report.to_dict(), as_json, text)
+
+
+def _engine_overrides(engine: str | None, workers: int | None, address: str | None, gpus: float | None) -> dict:
+    """The settings the engine flags set; ``--workers`` counts decode threads locally, encoders on Ray."""
+    if engine not in (None, "local", "ray"):
+        raise UserError(f"--engine {engine!r}: use local or ray")
+    on_ray = (engine or Settings().engine) == "ray"
+    return {
+        "engine": engine,
+        "workers": None if on_ray else workers,
+        "ray_workers": workers if on_ray else None,
+        "ray_address": address,
+        "ray_gpus_per_worker": gpus,
+    }
 
 
 class _BuildBar:
