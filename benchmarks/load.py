@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import socket
@@ -89,7 +90,7 @@ async def shopper(client: httpx.AsyncClient, n: int, ids: list[str], photos: lis
                 tally.errors[kind].append(f"{r.status_code}: {r.text[:120]}")
                 continue
         except httpx.HTTPError as exc:
-            tally.errors[kind].append(f"{type(exc).__name__}: {exc}")
+            tally.errors[kind].append(f"{type(exc).__name__}: {exc!r} after {time.monotonic() - started:.1f} s")
             continue
         tally.latencies[kind].append(time.monotonic() - started)
 
@@ -179,7 +180,8 @@ def main() -> None:
         subprocess.run([*cli, "demo-catalog", str(catalog_dir), "--items", str(args.add), "--split", "train",
                         "--seed", "7", "-q"], check=True)  # fmt: skip
         port = free_port()
-        server = subprocess.Popen([*cli, "serve", "--no-ui", "--data-dir", str(data), "--port", str(port)])
+        env = {**os.environ, "LOOKALIKE_LOG_LEVEL": os.environ.get("LOOKALIKE_LOG_LEVEL", "warning")}
+        server = subprocess.Popen([*cli, "serve", "--no-ui", "--data-dir", str(data), "--port", str(port)], env=env)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 120
