@@ -10,6 +10,7 @@ from typing import Any
 
 from .encoders import Device, make_encoder
 from .pipeline import Models
+from .specs import EncoderOptions
 from .tags import LabelSet, Tagger, TagVocab
 
 MANIFEST = "index.json"
@@ -50,7 +51,13 @@ class IndexManifest:
         return [{"name": s.name, "labels": list(s.labels), "prompts": list(s.prompts)} for s in vocab.sets]
 
 
-def build_models(clip_spec: str, text_spec: str, device: Device, tags: TagVocab | None = None) -> Models:
-    clip = make_encoder(clip_spec, device)
-    text = make_encoder(text_spec, device)
+def build_models(
+    clip_spec: str,
+    text_spec: str,
+    device: Device,
+    tags: TagVocab | None = None,
+    options: EncoderOptions | None = None,
+) -> Models:
+    clip = make_encoder(clip_spec, device, options)
+    text = make_encoder(text_spec, device, options)
     return Models(clip=clip, text=text, tagger=Tagger(tags, clip) if tags else None)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .specs import EncoderOptions
+
 if TYPE_CHECKING:
     from .encoders import Device
 
@@ -23,6 +25,11 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     clip_model: str = Field(DEFAULT_CLIP, description="CLIP encoder spec (image and text vectors).")
     text_model: str = Field(DEFAULT_TEXT, description="Sentence-transformers spec for the semantic vector.")
+    query_language: str | None = Field(
+        None,
+        description="Language code for CLIP tokenizers that take one (nllb-clip: eng_Latn, deu_Latn, ...): the "
+        "language of search queries, and of catalog texts when indexing. Other models ignore it.",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     dtype: str = Field("auto", description="auto (float16 on cuda, else float32) | float32 | float16 | bfloat16")
     batch_size: int = Field(64, ge=1, le=4096)
@@ -34,7 +41,7 @@ class Settings(BaseSettings):
     url_timeout: float = Field(10.0, gt=0)
     allow_private_urls: bool = Field(False, description="Allow image URLs on private or loopback addresses.")
 
-    @field_validator("store", "qdrant_api_key", mode="before")
+    @field_validator("store", "qdrant_api_key", "query_language", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose and shells pass unset variables as "", which means "not set" here.
@@ -48,3 +55,6 @@ class Settings(BaseSettings):
         from .encoders import resolve_device  # torch is imported only by those who run models
 
         return resolve_device(self.device, self.dtype)
+
+    def encoder_options(self) -> EncoderOptions:
+        return EncoderOptions(language=self.query_language)

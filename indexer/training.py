@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from .catalog import read_catalog
-from .encoders import EncoderError, _looks_like_path, cpu_has_native_bf16, encode_text_trimmed, register_model_configs
+from .encoders import EncoderError, cpu_has_native_bf16, encode_text_trimmed
 from .images import ImageError, ImagePolicy, load_image
+from .specs import looks_like_path, register_model_configs
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def train_clip(config: TrainConfig, progress: ProgressFn | None = None) -> Train
     _seed_everything(config.seed)
     try:
         pretrained = None if weights in (None, "random") else weights
-        if pretrained and _looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
+        if pretrained and looks_like_path(pretrained) and not Path(pretrained).expanduser().is_file():
             raise TrainError(f"model {config.model!r}: checkpoint {pretrained} does not exist")
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     except TrainError:

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from pydantic import Field
 
 from generation import GeneratorError, GeneratorSettings, RequestError
-from indexer import CatalogError, ImageError, ImagePolicy, StoreError, TagVocabError
+from indexer import CatalogError, ImageError, ImagePolicy, StoreError, TagVocabError, WeightsMissing
 from indexer.images import is_url, load_image
 from search import FilterError, QueryError, RerankError, SearchEngine, SearchSettings
 from search.jobs import JobConflict, JobRunner
@@ -74,6 +74,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     GeneratorError,
     RequestError,
     UploadError,
+    WeightsMissing,
     FileNotFoundError,
 )
 GENERIC_ERROR = "Something went wrong on the server, and it has been logged. Try again, or try a different request."

@@ -115,7 +115,7 @@ def index(
         items = read_catalog(catalog)
         device = settings.torch_device()
         log.info("loading models on %s: %s, %s", device, clip_spec, text_spec)
-        models = build_models(clip_spec, text_spec, device, vocab)
+        models = build_models(clip_spec, text_spec, device, vocab, settings.encoder_options())
         store_spec = settings.store_spec()
         store = open_store(store_spec, api_key=settings.qdrant_api_key)
         options = IndexOptions(
@@ -198,7 +198,7 @@ def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 
 
 # Command modules register themselves on ``app``; imported here so ``lookalike`` has them all.
-from . import cli_ask, cli_demo, cli_search, cli_serve, cli_ui, cli_vary  # noqa: E402,F401
+from . import cli_ask, cli_demo, cli_models, cli_search, cli_serve, cli_ui, cli_vary  # noqa: E402,F401
 
 
 def _configure_logging() -> None:

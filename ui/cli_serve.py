@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from indexer import forbid_downloads
 from search import QueryError, SearchSettings
 
 from .cli import DataDir, UserError, app, user_errors
@@ -24,6 +25,7 @@ def serve(
 
     from search.api import app_from_settings
 
+    forbid_downloads()  # a request never waits on the hub: `lookalike models pull` fetches weights beforehand
     with user_errors():
         try:
             if ui:

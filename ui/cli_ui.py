@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from indexer import forbid_downloads
 from search import QueryError
 
 from .cli import DataDir, UserError, app, user_errors
@@ -27,6 +28,7 @@ def ui_command(
 
     from .app import UI_PATH, UISettings, create_ui_app
 
+    forbid_downloads()  # a request never waits on the hub: `lookalike models pull` fetches weights beforehand
     with user_errors():
         settings = UISettings(**({"data_dir": data_dir} if data_dir else {}))
         try:

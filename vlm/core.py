@@ -23,6 +23,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from PIL import Image
 
+from indexer import WeightsMissing
+
 from .settings import VLMSettings
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ class VLMError(RuntimeError):
 
 class VLMNotConfigured(VLMError):
     """No VLM spec set, or a spec that cannot be parsed."""
+
+
+class VLMWeightsMissing(VLMError, WeightsMissing):
+    """A local VLM's weights are not on this machine (see ``lookalike models pull``)."""
 
 
 class VLMRequestError(VLMError):
