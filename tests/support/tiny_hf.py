@@ -30,7 +30,7 @@ def build_tiny_clip(path: Path, seed: int = 0) -> Path:
     shutil.rmtree(path / "tokenizer")
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config={**TEXT, "max_position_embeddings": 77, "vocab_size": tokenizer.vocab_size},
+        text_config={**TEXT, **_special_ids(tokenizer), "max_position_embeddings": 77, "vocab_size": len(tokenizer)},
         vision_config={**VISION, "image_size": 32},
         projection_dim=16,
     )
@@ -63,7 +63,7 @@ def build_tiny_siglip(path: Path, seed: int = 0) -> Path:
     tokenizer = SiglipTokenizer(str(path / "spiece.model"), model_max_length=64)
     torch.manual_seed(seed)
     config = SiglipConfig(
-        text_config={**TEXT, "max_position_embeddings": 64, "vocab_size": len(tokenizer)},
+        text_config={**TEXT, **_special_ids(tokenizer), "max_position_embeddings": 64, "vocab_size": len(tokenizer)},
         vision_config={**VISION, "image_size": 32},
     )
     SiglipModel(config).save_pretrained(path)
@@ -87,13 +87,18 @@ def build_tiny_siglip2_naflex(path: Path, seed: int = 0) -> Path:
     tokenizer = Siglip2Tokenizer(vocab=vocab, merges=[], model_max_length=64)
     torch.manual_seed(seed)
     config = Siglip2Config(
-        text_config={**TEXT, "max_position_embeddings": 64, "vocab_size": len(tokenizer)},
+        text_config={**TEXT, **_special_ids(tokenizer), "max_position_embeddings": 64, "vocab_size": len(tokenizer)},
         vision_config={**VISION, "num_patches": 16},
     )
     Siglip2Model(config).save_pretrained(path)
     image_processor = Siglip2ImageProcessor(patch_size=8, max_num_patches=16)
     Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return path
+
+
+def _special_ids(tokenizer) -> dict[str, int | None]:
+    # The text configs' defaults name CLIP's ids, which are outside these small vocabularies.
+    return {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id") for name in ("bos", "eos", "pad")}
 
 
 def fill_hub_cache(cache: Path, repo_id: str, files: dict[str, Path | bytes | str], revision: str = "0" * 40) -> Path:
@@ -120,3 +125,50 @@ def open_clip_hub_files(model_cfg: dict, weights: Path) -> dict[str, Path | str]
     """The two files open_clip's ``hf-hub:`` loading reads: the config and the weights."""
     config = {"model_cfg": model_cfg, "preprocess_cfg": {}}
     return {"open_clip_config.json": json.dumps(config), "open_clip_model.safetensors": weights}
+
+
+def build_tiny_nllb_clip(root: Path, seed: int = 0) -> str:
+    """An open_clip architecture with a tiny NLLB (M2M100) text tower, as nllb-clip models have, registered with
+    open_clip under the returned name. Its tokenizer is character-level, with NLLB's language codes."""
+    import open_clip
+    from transformers import M2M100Config, M2M100Model, NllbTokenizer
+
+    text = root / "text"
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for char in ["▁", *sorted(set("".join(WORDS)) | set("einrotsklid"))]:
+        vocab.setdefault(char, len(vocab))
+    tokenizer = NllbTokenizer(vocab=vocab, merges=[], model_max_length=32)
+    config = M2M100Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    M2M100Model(config).save_pretrained(text)
+    tokenizer.save_pretrained(text)
+    name = "lookalike-nllb-tiny"
+    model_cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {
+            "hf_model_name": str(text),
+            "hf_tokenizer_name": str(text),
+            "hf_proj_type": "linear",
+            "hf_pooler_type": "cls_pooler",
+            "context_length": 32,
+        },
+    }
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "configs" / f"{name}.json").write_text(json.dumps(model_cfg))
+    open_clip.add_model_config(root / "configs")
+    return name
