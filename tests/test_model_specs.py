@@ -99,13 +99,23 @@ def test_open_clip_hub_config_without_weights_is_missing_not_random(hub_cache, c
         make_encoder(f"openclip:hf-hub:{HUB_ID}", cpu)
 
 
-def test_open_clip_hub_model_not_in_the_cache_fails_at_once(hub_cache, cpu):
+@pytest.mark.parametrize(
+    "spec, repo",
+    [
+        ("hf:lookalike-test/no-such-clip", "lookalike-test/no-such-clip"),
+        ("openclip:hf-hub:Marqo/marqo-fashionSigLIP", "Marqo/marqo-fashionSigLIP"),
+    ],
+)
+def test_weights_not_in_the_cache_fail_at_once_naming_the_pull_command(hub_cache, cpu, spec, repo):
+    import open_clip  # noqa: F401  # imports are not what is timed
+    from transformers import AutoModel, AutoProcessor  # noqa: F401
+
     started = time.perf_counter()
     with pytest.raises(EncoderWeightsMissing) as caught:
-        make_encoder("openclip:hf-hub:Marqo/marqo-fashionSigLIP", cpu)
+        make_encoder(spec, cpu)
     assert time.perf_counter() - started < 10
-    assert "Marqo/marqo-fashionSigLIP not in the Hugging Face cache" in str(caught.value)
-    assert "`lookalike models pull openclip:hf-hub:Marqo/marqo-fashionSigLIP`" in str(caught.value)
+    assert f"{repo} not in the Hugging Face cache ({hub_cache})" in str(caught.value)
+    assert f"`lookalike models pull {spec}`" in str(caught.value)
 
 
 # -- query language --------------------------------------------------------------------------------------------------
