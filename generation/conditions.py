@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexer.weights import is_local_location, repo_source
+from indexer.weights import missing_labels, repo_source
 
 from .generator import GeneratorError, GeneratorWeightsMissing
 
@@ -68,7 +68,7 @@ class DepthEstimator:
                 try:
                     self._pipe = pipeline("depth-estimation", model=self.model, device=self.device)
                 except Exception as exc:  # transformers raises OSError, ValueError, ... for missing weights
-                    if not is_local_location(self.model) and not repo_source(self.model).present():
+                    if missing_labels([repo_source(self.model)]):
                         spec = f"hf:{self.model}"
                         raise GeneratorWeightsMissing(spec, [self.model], setting="LOOKALIKE_DEPTH_MODEL") from exc
                     raise GeneratorError(

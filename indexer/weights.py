@@ -320,7 +320,9 @@ def text_tower_sources(model_cfg: dict[str, Any] | None) -> list[WeightSource]:
 
 
 def missing_labels(sources: Sequence[WeightSource]) -> list[str]:
-    return [s.label for s in sources if not s.present()]
+    """The sources a pull would fetch that are not here. A local path that is not there is left out: no pull
+    brings it, so it is the loader's own error (a wrong path) that says so."""
+    return [s.label for s in sources if not isinstance(s, LocalPath) and not s.present()]
 
 
 def pull_sources(resolve: Callable[[], Sequence[WeightSource]], report: Callable[[WeightSource, str], None]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from indexer import Device
-from indexer.weights import downloads_forbidden, is_local_location, repo_source
+from indexer.weights import downloads_forbidden, missing_labels, repo_source
 
 from .core import BaseVLM, Message, Usage, VLMError, VLMReply, VLMWeightsMissing
 from .settings import VLMSettings
@@ -29,7 +29,7 @@ class HFVLM(BaseVLM):
         super().__init__(spec, settings)
         self.path = path
         self.weights = repo_source(path)
-        if downloads_forbidden() and not is_local_location(path) and not self.weights.present():
+        if downloads_forbidden() and missing_labels([self.weights]):
             # Checked here, where the VLM is made, so a request that needs it fails at once (the API answers
             # 503) rather than in the worker that would load it.
             raise VLMWeightsMissing(spec, [path], setting="LOOKALIKE_VLM")
@@ -51,7 +51,7 @@ class HFVLM(BaseVLM):
                 processor = AutoProcessor.from_pretrained(self.path)
                 model = AutoModelForImageTextToText.from_pretrained(self.path, dtype=self.device.dtype)
             except (OSError, ValueError, KeyError) as exc:
-                if not self.weights.present():
+                if missing_labels([self.weights]):
                     raise VLMWeightsMissing(self.spec, [self.path], setting="LOOKALIKE_VLM") from None
                 raise VLMError(
                     f"cannot load {self.spec}: {exc}. Without network access, hf: needs a local folder "
