@@ -282,10 +282,13 @@ def set_tokenizer_language(spec: str, tokenizer: object, language: str) -> None:
         log.info("%s: its tokenizer takes no language; LOOKALIKE_QUERY_LANGUAGE=%s is not used", spec, language)
         return
     if hf.convert_tokens_to_ids(language) in (None, hf.unk_token_id):
-        codes = [t for t in getattr(hf, "additional_special_tokens", None) or [] if "_" in t][:6]
+        # transformers 5 keeps the language codes in extra_special_tokens, 4.x in additional_special_tokens.
+        special = getattr(hf, "extra_special_tokens", None) or getattr(hf, "additional_special_tokens", None) or []
+        known = [t for t in special if isinstance(t, str) and "_" in t]
+        examples = [c for c in ("eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "zho_Hans") if c in known]
         raise EncoderError(
-            f"{spec}: unknown language {language!r} (LOOKALIKE_QUERY_LANGUAGE); its tokenizer takes codes like "
-            f"{', '.join(codes) or 'eng_Latn, deu_Latn, fra_Latn'}"
+            f"{spec}: unknown language {language!r} (LOOKALIKE_QUERY_LANGUAGE); its tokenizer takes "
+            f"{len(known)} codes, e.g. {', '.join(examples or known[:5]) or 'eng_Latn'}"
         )
     # Through the property, not open_clip's set_language: transformers 5 tokenizers re-apply src_lang on
     # every call, which would undo a change made to the special tokens alone.

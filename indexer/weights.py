@@ -159,7 +159,7 @@ class HubRepo:
             raise PullError(f"{self.repo_id} was downloaded, but it has no {wanted}: is it the right repo?")
 
     def _snapshot(self, patterns: tuple[str, ...] | None) -> Path | None:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import errors, snapshot_download
 
         try:
             return Path(
@@ -171,7 +171,11 @@ class HubRepo:
                     local_files_only=True,
                 )
             )
-        except (OSError, ValueError):  # not cached, incomplete, or not a valid repo id
+        except getattr(errors, "IncompleteSnapshotError", ()) as exc:
+            # Some files of the repo listing are not here (e.g. fetched with narrower patterns): whether what
+            # the loader needs is here is up to ``required``.
+            return Path(exc.snapshot_path)
+        except (OSError, ValueError):  # not cached, or not a valid repo id
             return None
 
     def _download(self, patterns: tuple[str, ...] | None) -> None:
