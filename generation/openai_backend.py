@@ -11,15 +11,23 @@ import base64
 import binascii
 import io
 import logging
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
+
+from search.limits import DailyBudget, LimitExceeded
 
 from .conditions import square_reference
 from .generator import Generated, GeneratorError, RequestError, VaryRequest, check_request
 from .settings import GeneratorSettings
 
 log = logging.getLogger(__name__)
+
+
+class GeneratorBudgetSpent(GeneratorError, LimitExceeded):
+    """The day's token budget of the paid images API is spent."""
+
 
 # Sizes gpt-image-1 accepts; the variant keeps the source's orientation.
 SIZES = {"square": "1024x1024", "landscape": "1536x1024", "portrait": "1024x1536"}
@@ -35,6 +43,8 @@ class OpenAIImageGenerator:
         self.base_url = base_url
         self.settings = settings
         self._client = None
+        path = Path(settings.data_dir) / "budget-images.json"
+        self.budget = DailyBudget(path, settings.generator_daily_tokens, f"image generation ({spec})")
 
     def describe(self, request: VaryRequest) -> dict[str, Any]:
         check_request(request, self.settings, steps_matter=False)
@@ -56,6 +66,10 @@ class OpenAIImageGenerator:
         info = self.describe(request)
         import openai
 
+        try:
+            self.budget.check()
+        except LimitExceeded as exc:
+            raise GeneratorBudgetSpent(str(exc), exc.retry_after) from None
         buf = io.BytesIO()
         square_reference(request.image).save(buf, format="PNG")
         try:
@@ -77,6 +91,8 @@ class OpenAIImageGenerator:
         except openai.APIError as exc:  # connection errors and timeouts, after the client's own retries
             where = self.base_url or "the OpenAI API"
             raise GeneratorError(f"{self.spec}: cannot reach {where}: {exc}") from exc
+        usage = getattr(response, "usage", None)
+        self.budget.spend(int(getattr(usage, "total_tokens", 0) or 0))
         images = [_decode(item.b64_json, self.spec, i) for i, item in enumerate(response.data or [])]
         if len(images) != request.n:
             raise GeneratorError(f"{self.spec}: asked for {request.n} images, the API returned {len(images)}")

@@ -28,6 +28,7 @@ OPTIONAL_FIELDS = (
     "ip_adapter_weight",
     "ip_adapter_image_encoder",
     "generator_api_key",
+    "generator_daily_tokens",
     "guidance_scale",
     "gen_resolution",
 )
@@ -78,6 +79,9 @@ class GeneratorSettings(Settings):
     )
     generator_api_key: str | None = Field(None, description="API key for openai: specs; default OPENAI_API_KEY.")
     generator_timeout: float = Field(120.0, gt=0)
+    generator_daily_tokens: int | None = Field(
+        None, ge=1, description="Tokens a paid images API may spend per UTC day (as it reports them); unset: no cap."
+    )
     lookalikes: int = Field(5, ge=1, le=50, description="Real products shown per variant.")
 
     @field_validator("lora", mode="before")

@@ -1,9 +1,9 @@
 """Catalog -> embeddings -> vector store."""
 
-from .catalog import Catalog, CatalogError, CatalogItem, read_catalog
+from .catalog import Catalog, CatalogError, CatalogItem, FeedOptions, detect_format, read_catalog
 from .encoders import Device, Encoder, EncoderError, cpu_has_native_bf16, make_encoder, resolve_device
 from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
-from .manifest import IndexManifest, build_models
+from .manifest import IndexManifest, IndexTarget, build_models, index_into
 from .pipeline import IndexOptions, IndexReport, Models, index_catalog
 from .settings import Settings
 from .specs import EncoderOptions, EncoderWeightsMissing, encoder_sources
@@ -32,11 +32,13 @@ __all__ = [
     "EncoderError",
     "EncoderOptions",
     "EncoderWeightsMissing",
+    "FeedOptions",
     "Filter",
     "ImageError",
     "ImagePolicy",
     "IndexManifest",
     "IndexOptions",
+    "IndexTarget",
     "IndexReport",
     "Models",
     "Record",
@@ -54,9 +56,11 @@ __all__ = [
     "build_models",
     "decode_image",
     "encoder_sources",
+    "detect_format",
     "fetch_bytes",
     "forbid_downloads",
     "index_catalog",
+    "index_into",
     "make_encoder",
     "open_store",
     "read_catalog",

@@ -6,7 +6,8 @@ descriptions come from varied templates. Everything is a pure function of (seed,
 build is reproducible and an interrupted build resumes where it stopped.
 
 The output is an ordinary catalog (``catalog.jsonl`` + ``images/``), exactly what ``lookalike index``
-reads.
+reads; or the same products as a Shopify export or a Merchant Center feed, each with three photos
+(the shot, its mirror image and a close-up), so the shop formats can be tried on real pictures.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from PIL import Image
+from PIL import Image, ImageOps
+
+from . import demo_feeds
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,15 @@ DEMO_IMAGE_SIZE = 96
 
 CATALOG_FILE = "catalog.jsonl"
 IMAGES_DIR = "images"
+DemoFormat = Literal["plain", "shopify", "gmc", "gmc-xml"]
+# output format -> (catalog file, writer of the shop formats)
+FEED_FILES: dict[str, tuple[str, Callable | None]] = {
+    "plain": (CATALOG_FILE, None),
+    "shopify": ("products.csv", demo_feeds.write_shopify),
+    "gmc": ("feed.tsv", demo_feeds.write_gmc_tsv),
+    "gmc-xml": ("feed.xml", demo_feeds.write_gmc_xml),
+}
+DETAIL_CROP = 0.7  # the close-up photo shows the middle 70% of the shot
 _MARKER = ".demo-catalog.json"
 _FORMAT_VERSION = 1
 
@@ -137,10 +149,13 @@ class DemoCatalogConfig:
     split: Literal["train", "test"] = "test"
     image_size: int = DEMO_IMAGE_SIZE
     dataset_dir: Path = FASHION_MNIST_DIR
+    format: DemoFormat = "plain"
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', not {self.split!r}")
+        if self.format not in FEED_FILES:
+            raise ValueError(f"format must be one of {', '.join(FEED_FILES)}, not {self.format!r}")
         if self.items < 1:
             raise ValueError(f"items must be at least 1, not {self.items}")
         if not 28 <= self.image_size <= 1024:
@@ -187,10 +202,11 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
 
 
 def build_demo_catalog(out_dir: Path, config: DemoCatalogConfig, progress: ProgressFn | None = None) -> Path:
-    """Write ``OUT_DIR/catalog.jsonl`` and ``OUT_DIR/images/*.png``; returns the catalog path.
+    """Write ``OUT_DIR/images/*.png`` and the catalog file (``catalog.jsonl``, or the ``config.format``
+    feed of :data:`FEED_FILES`); returns the catalog path.
 
     Images are written first, each atomically, and existing ones are kept, so a killed or disk-full build
-    resumes on re-run. ``catalog.jsonl`` is written last, atomically: its presence means a complete build.
+    resumes on re-run. The catalog file is written last, atomically: its presence means a complete build.
     """
     out_dir = Path(out_dir)
     images, labels = load_fashion_mnist(config.dataset_dir, config.split)
@@ -199,31 +215,62 @@ def build_demo_catalog(out_dir: Path, config: DemoCatalogConfig, progress: Progr
     _claim_dir(out_dir, config)
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     plan = plan_items(config, labels)
-    rows = []
+    rows, photos = [], []
     for i, item in enumerate(plan):
         row = describe_item(config, i, item)
-        path = out_dir / row["image"]
-        if not (path.is_file() and path.stat().st_size > 0):
+        shots = photo_names(row["image"]) if config.format != "plain" else [row["image"]]
+        missing = [k for k, name in enumerate(shots) if not _is_written(out_dir / name)]
+        if missing:
             img = render_item(images[item.source], item, config.image_size)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two builds of one folder must not collide
-            img.save(tmp, format="PNG", compress_level=3)
-            os.replace(tmp, path)
+            views = [img, *photo_views(img)]
+            for k in missing:
+                _save_png(views[k], out_dir / shots[k])
         rows.append(row)
+        photos.append(shots)
         if progress is not None:
             progress(i + 1, len(plan))
-    catalog = out_dir / CATALOG_FILE
+    name, writer = FEED_FILES[config.format]
+    catalog = out_dir / name
     tmp = catalog.with_name(f"{catalog.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if writer is None:
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        writer(tmp, rows, photos)
     os.replace(tmp, catalog)
-    log.info("demo catalog: %d %s items in %s", len(rows), config.split, out_dir)
+    log.info("demo catalog: %d %s items in %s", len(rows), config.split, catalog)
     return catalog
+
+
+def photo_names(image: str) -> list[str]:
+    """``images/x.png`` -> the shot, its mirror image and its close-up: ``images/x.png, x-2.png, x-3.png``."""
+    stem, suffix = image.rsplit(".", 1)
+    return [image, f"{stem}-2.{suffix}", f"{stem}-3.{suffix}"]
+
+
+def photo_views(img: Image.Image) -> list[Image.Image]:
+    """The further photos of a product: its shot mirrored, and a close-up of its middle."""
+    w, h = img.size
+    dx, dy = round(w * (1 - DETAIL_CROP) / 2), round(h * (1 - DETAIL_CROP) / 2)
+    detail = img.crop((dx, dy, w - dx, h - dy)).resize((w, h), Image.Resampling.LANCZOS)
+    return [ImageOps.mirror(img), detail]
+
+
+def _is_written(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _save_png(img: Image.Image, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two builds of one folder must not collide
+    img.save(tmp, format="PNG", compress_level=3)
+    os.replace(tmp, path)
 
 
 def _claim_dir(out_dir: Path, config: DemoCatalogConfig) -> None:
     """Refuse to mix two different builds (or a user's files) in one directory."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("items", "dataset_dir")}
+    # The format is left out: every format shares the same photos, so one folder can hold them all.
+    settings = {k: v for k, v in asdict(config).items() if k not in ("items", "dataset_dir", "format")}
     settings["version"] = _FORMAT_VERSION
     marker = out_dir / _MARKER
     if marker.is_file():

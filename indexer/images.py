@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -96,6 +97,13 @@ class ImagePolicy:
 def is_url(source: str) -> bool:
     """True for anything written as ``scheme://...`` (supported or not)."""
     return bool(_URL_RE.match(source))
+
+
+def is_http_url(value: str) -> bool:
+    try:
+        return is_url(value) and urlsplit(value).scheme.lower() in ("http", "https")
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
 
 
 def load_image(source: str, policy: ImagePolicy) -> tuple[Image.Image, bytes]:

@@ -119,7 +119,12 @@ class _Failed:
 def content_hash(image_bytes: bytes, item: CatalogItem, models_key: str) -> str:
     h = hashlib.sha256()
     h.update(hashlib.sha256(image_bytes).digest())
-    h.update(json.dumps([item.title, item.description, item.payload, models_key], sort_keys=True).encode())
+    parts: list[Any] = [item.title, item.description, item.payload, models_key]
+    if len(item.images) > 1:
+        # Extra photos are stored in the payload, so they are part of the content; a single-photo item
+        # keeps the hash it had before items had several photos, and is not embedded again.
+        parts.append(list(item.images))
+    h.update(json.dumps(parts, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -253,6 +258,7 @@ def _flush(
                 "title": r.item.title,
                 "description": r.item.description,
                 "image": r.item.image,
+                "images": list(r.item.images),
                 ID_KEY: r.item.id,
                 HASH_KEY: r.digest,
             },

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .catalog_items import FeedFormat, FeedOptions, parse_mapping
 from .specs import EncoderOptions
 
 if TYPE_CHECKING:
@@ -40,12 +41,29 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused (bombs).")
     url_timeout: float = Field(10.0, gt=0)
     allow_private_urls: bool = Field(False, description="Allow image URLs on private or loopback addresses.")
+    catalog_format: FeedFormat = Field("auto", description="auto (from the header) | plain | shopify | gmc")
+    catalog_map: dict[str, str] = Field(
+        default_factory=dict,
+        description='Plain catalogs: field -> column, as JSON: {"id": "sku"} or ["id=sku", "image=Main Image"].',
+    )
 
     @field_validator("store", "qdrant_api_key", "query_language", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose and shells pass unset variables as "", which means "not set" here.
         return None if value == "" else value
+
+    @field_validator("catalog_map", mode="before")
+    @classmethod
+    def _map_pairs(cls, value: object) -> object:
+        # The command line's FIELD=COLUMN pairs are accepted here too, so one spelling works everywhere.
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return parse_mapping(value)
+        return value
+
+    def feed_options(self) -> FeedOptions:
+        """How catalog files are read: ``catalog_format`` and ``catalog_map``."""
+        return FeedOptions(format=self.catalog_format, mapping=self.catalog_map)
 
     def store_spec(self) -> str:
         return self.store or f"edge:{self.data_dir / 'store'}"

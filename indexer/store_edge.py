@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 META_FILE = "lookalike.json"
 _SHARD_MARKER = "edge_config.json"
+# Writes stop while this much is still free on the store's disk (see EdgeStore._check_free_space).
+MIN_FREE_BYTES = 256 * 2**20
 
 _MODELS = codec.FilterModels(
     Filter=qe.Filter,
@@ -156,6 +159,7 @@ class EdgeStore(SingleSearch):
     def upsert(self, records: Sequence[Record]) -> None:
         if not records:
             return
+        self._check_free_space()
         converted = codec.to_points(records, self._require_schema())
         points = [qe.Point(p.id, p.vectors, p.payload) for p in converted]
         with self._names_lock:
@@ -168,6 +172,19 @@ class EdgeStore(SingleSearch):
             # database that does not fsync each write. Segments are flushed on optimize() and close().
             self._update(qe.UpdateOperation.upsert_points(points))
 
+    def _check_free_space(self) -> None:
+        # The engine maps its files into memory: a write that meets a full disk is not an error it can
+        # return but a SIGBUS that kills the whole process. So writes stop while there is room left.
+        try:
+            free = shutil.disk_usage(self.path if self.path.exists() else self.path.parent).free
+        except OSError:
+            return  # no way to tell; the write itself will say
+        if free < MIN_FREE_BYTES:
+            raise StoreError(
+                f"edge store at {self.path}: the disk is nearly full ({free / 2**20:.0f} MiB free; writes stop below "
+                f"{MIN_FREE_BYTES / 2**20:.0f} MiB). Free some space and run the index again: what was stored is kept."
+            )
+
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
             return
@@ -179,6 +196,7 @@ class EdgeStore(SingleSearch):
                     self._names.pop(uuid.UUID(pid).int, None)
 
     def optimize(self) -> None:
+        self._check_free_space()  # building the graph writes new segments
         shard = self._require_shard()
         changed = self._call(shard.optimize)
         self._call(shard.flush)

@@ -3,7 +3,7 @@
 from .engine import SearchEngine
 from .filters import FilterError, parse_filters, parse_weights
 from .jobs import ServerPathError, resolve_server_path
-from .query import Hit, Query, QueryError, SearchSettings
+from .query import Hit, Query, QueryError, SearchInput, SearchSettings, invalid_input
 from .rerank import Reranker, RerankError
 
 __all__ = [
@@ -14,8 +14,10 @@ __all__ = [
     "RerankError",
     "Reranker",
     "SearchEngine",
+    "SearchInput",
     "SearchSettings",
     "ServerPathError",
+    "invalid_input",
     "parse_filters",
     "parse_weights",
     "resolve_server_path",

@@ -11,17 +11,16 @@ mounted into the same app.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,54 +38,39 @@ from indexer import (
     build_models,
     open_store,
 )
-from indexer.images import decode_upload, is_url, load_image
+from indexer.images import decode_upload, is_http_url, is_url, load_image
 
+from .access import AccessDenied, WriteGuard, bearer, client_key
 from .engine import SearchEngine
-from .filters import FilterError, parse_filters, parse_weights
+from .filters import FilterError, parse_filters
 from .jobs import Job, JobConflict, JobRunner, ServerPathError, resolve_server_path
-from .query import Hit, Query, QueryError, SearchSettings
+from .limits import LimitExceeded, RateLimits
+from .metrics import REQUEST_ID_HEADER, SEARCH_SECONDS, observe
+from .query import Hit, QueryError, SearchInput, SearchSettings
 from .rerank import RerankerFactory
 
 log = logging.getLogger(__name__)
 
 JSON_BODY_LIMIT = 256 * 1024
 FORM_OVERHEAD = 256 * 1024  # room for the text fields and multipart framing next to the image
-MAX_WEIGHT = 1e6
 _SIZE_REASONS = {"too_large", "too_many_pixels", "decompression_bomb"}
 
 
 # -- request and response models ----------------------------------------------------------------
 
-Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
 
-
-class SearchRequest(BaseModel):
+class SearchRequest(SearchInput):
     """A search. Give text, an image (upload or ``image_url``), an item id (``like``), or text plus an image."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    text: str | None = Field(None, max_length=2000, description="What to look for; with an image: the change.")
-    like: str | None = Field(None, max_length=1000, description="Catalog id to search like (excluded from hits).")
     image_url: str | None = Field(None, max_length=4000, description="http(s) URL of a query image.")
-    negative: str | None = Field(None, max_length=2000, description="Push down items matching this text.")
-    filters: list[str] = Field(
-        default_factory=list, max_length=50, description="FIELD=VALUE, FIELD=A|B, FIELD!=V, FIELD<N, ..."
-    )
-    weights: dict[str, Weight] | str | None = Field(
-        None, description='{"image": 0.6, "text": 0.4} or "image=0.6,text=0.4"'
-    )
-    k: int = Field(10, ge=1, description="Results per page (at most the server's max_k).")
-    offset: int = Field(0, ge=0, description="Results to skip (paging).")
-    min_score: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, description="Calibrated relevance cut.")
-    rerank: str = Field("none", max_length=32, description="none | clip | vlm (when configured)")
-    fusion: Literal["rrf", "dbsf", "sum", "calibrated"] | None = None
-    composed_method: Literal["structured", "arithmetic"] | None = None
-    dedup: bool = Field(True, description="Collapse near-identical items.")
 
 
 class HitOut(BaseModel):
     id: str
-    score: float = Field(description="Calibrated relevance, 0-1.")
+    score: float = Field(
+        description="What the hits are ordered by; explanation.ranked_by names the method (calibrated: 0-1 relevance)."
+    )
+    relevance: float | None = Field(description="Calibrated 0-1 relevance, whatever the ranking method.")
     payload: dict[str, Any]
     explanation: dict[str, Any]
     image_url: str
@@ -199,9 +183,20 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.engine, app.state.jobs = engine, jobs
-    _add_error_handlers(app)
     settings: SearchSettings = engine.settings
+    app.state.engine, app.state.jobs = engine, jobs
+    app.state.guard = guard = WriteGuard(settings.admin_token, settings.host)
+    app.state.limits = limits = RateLimits(settings.rate_limits())
+    _add_error_handlers(app)
+    observe(app, jobs)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        )
 
     @app.post(
         "/search",
@@ -212,6 +207,8 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
     async def search(request: Request) -> SearchResponse:
         """Search by JSON body, or by multipart form with an ``image`` file plus the same fields."""
         started = time.perf_counter()
+        client = _client(request)
+        limits.hit("search", client)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         upload: bytes | None = None
         if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
@@ -223,6 +220,8 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
             req = _validate_json(SearchRequest, body or b"{}")
         else:
             raise ApiError(415, f"send application/json or multipart/form-data, not {content_type}", "media_type")
+        if req.rerank == "vlm":
+            limits.hit("vlm", client)
         return await run_in_threadpool(_run_search, engine, req, upload, started)
 
     @app.get("/items/{item_id:path}/image", responses=_errors(404), response_class=Response)
@@ -233,7 +232,7 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         if not isinstance(source, str) or not source:
             raise ApiError(404, f"item {item_id!r} has no stored image", "no_image")
         if is_url(source):
-            if _is_http_url(source):
+            if is_http_url(source):
                 return RedirectResponse(source, status_code=307)
             raise ApiError(404, f"item {item_id!r} has an image URL that cannot be served", "no_image")
         path = Path(source)
@@ -243,26 +242,34 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
 
     @app.get("/items/{item_id:path}/similar", response_model=SearchResponse, responses=_errors(400, 404, 409))
     def similar(
+        request: Request,
         item_id: str,
         k: Annotated[int, QueryParam(ge=1)] = 10,
         filter: Annotated[list[str] | None, QueryParam(description="Repeatable filter expression.")] = None,
     ) -> SearchResponse:
         """Items that look like this one (the item itself excluded)."""
         started = time.perf_counter()
+        limits.hit("search", _client(request))
         _require_index(engine)
         _item(engine, item_id)
         hits = engine.similar(item_id, k=k, filters=parse_filters(filter or [], engine.fields))
+        SEARCH_SECONDS.labels("image").observe(time.perf_counter() - started)
         return _response(hits, "image", started)
 
     @app.get("/items/{item_id:path}", response_model=ItemOut, responses=_errors(404))
     def item(item_id: str) -> ItemOut:
         """One catalog item's payload."""
         hit = _item(engine, item_id)
-        return ItemOut(id=hit.id, payload=hit.public_payload(), image_url=_image_url(hit.id))
+        return ItemOut(id=hit.id, payload=hit.public_payload(), image_url=hit.image_url)
 
-    @app.post("/index", status_code=202, response_model=JobAccepted, responses=_errors(400, 409))
-    def start_index(req: IndexRequest) -> JobAccepted:
-        """Index (or re-index) a catalog on the server in the background; poll ``GET /jobs/{id}``."""
+    @app.post("/index", status_code=202, response_model=JobAccepted, responses=_errors(400, 401, 403, 409))
+    def start_index(request: Request, req: IndexRequest) -> JobAccepted:
+        """Index (or re-index, or prune) a catalog on the server in the background; poll ``GET /jobs/{id}``.
+
+        A write: it needs ``Authorization: Bearer LOOKALIKE_ADMIN_TOKEN`` when the server has a token, and
+        a loopback client on a loopback-only server when it has none."""
+        guard.check(request.client.host if request.client else None, bearer(request.headers.get("authorization")))
+        guard.check_server_path(settings.catalog_root)
         paths = {}
         for name, value in (("catalog", req.catalog), ("tags", req.tags)):
             if value is not None:
@@ -294,7 +301,8 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         return HealthOut(
             status="ok" if items else "empty",
             items=items,
-            models={"clip": engine.models.clip.spec, "text": engine.models.text.spec},
+            # Model ids, not specs: a spec can hold a checkpoint's path on the server.
+            models={"clip": engine.models.clip.model_id, "text": engine.models.text.model_id},
             fields=dict(engine.fields),
             job=running.id if running else None,
         )
@@ -330,41 +338,34 @@ def _run_search(engine: SearchEngine, req: SearchRequest, upload: bytes | None, 
     if upload is not None:
         image = decode_upload(upload, policy)
     elif req.image_url:
-        if not _is_http_url(req.image_url):
+        if not is_http_url(req.image_url):
             # Never a server-side path: that would let clients read the server's files.
             raise ApiError(400, "image_url must be an http(s) URL; to send a file, upload it", "image_url")
         image, _ = load_image(req.image_url, policy)
-    query = Query(
-        text=req.text,
-        image=image,
-        like=req.like,
-        negative=req.negative,
-        filters=parse_filters(req.filters, engine.fields),
-        weights=_weights(req.weights),
-        k=req.k,
-        offset=req.offset,
-        min_score=req.min_score,
-        rerank=req.rerank,
-        dedup=req.dedup,
-        fusion=req.fusion,
-        composed_method=req.composed_method,
-    )
-    return _response(engine.search(query), query.kind, started)
+    query = req.to_query(engine.fields, image)
+    hits = engine.search(query)
+    took = time.perf_counter() - started
+    SEARCH_SECONDS.labels(query.kind).observe(took)
+    log.info("%s search: %d hits in %.1f ms", query.kind, len(hits), took * 1000)
+    return _response(hits, query.kind, started)
 
 
 def _response(hits: list[Hit], kind: str, started: float) -> SearchResponse:
     return SearchResponse(
-        hits=[HitOut(**h.to_dict(), image_url=_image_url(h.id)) for h in hits],
+        hits=[
+            HitOut(
+                id=h.id,
+                score=round(h.score, 6),
+                relevance=None if h.relevance is None else round(h.relevance, 4),
+                payload=h.public_payload(),
+                explanation=h.explanation,
+                image_url=h.image_url,
+            )
+            for h in hits
+        ],
         took_ms=round((time.perf_counter() - started) * 1000, 2),
         kind=kind,  # type: ignore[arg-type]
     )
-
-
-def _weights(value: dict[str, float] | str | None) -> dict[str, float] | None:
-    weights = parse_weights(value) if isinstance(value, str) else value
-    if weights and not all(math.isfinite(w) and 0 <= w <= MAX_WEIGHT for w in weights.values()):
-        raise FilterError(f"weights must be numbers between 0 and {MAX_WEIGHT:g}, got {value!r}")
-    return weights or None
 
 
 def _query_policy(settings: SearchSettings) -> ImagePolicy:
@@ -378,11 +379,8 @@ def _query_policy(settings: SearchSettings) -> ImagePolicy:
     )
 
 
-def _is_http_url(value: str) -> bool:
-    try:
-        return is_url(value) and urlsplit(value).scheme.lower() in ("http", "https")
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        return False
+def _client(request: Request) -> str:
+    return client_key(request.client.host if request.client else None, request.headers.get("authorization"))
 
 
 def _require_index(engine: SearchEngine) -> None:
@@ -395,10 +393,6 @@ def _item(engine: SearchEngine, item_id: str) -> Hit:
     if hit is None:
         raise ApiError(404, f"no item with id {item_id!r}", "unknown_item")
     return hit
-
-
-def _image_url(item_id: str) -> str:
-    return f"/items/{quote(item_id, safe='/')}/image"
 
 
 def _media_type(path: Path) -> str:
@@ -491,11 +485,24 @@ def _add_error_handlers(app: FastAPI) -> None:
         body = {"detail": str(exc), "error": "job_running", "job_id": exc.running.id}
         return JSONResponse(body, status_code=409)
 
+    async def denied(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AccessDenied)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        code = "unauthorized" if exc.status == 401 else "forbidden"
+        return JSONResponse({"detail": str(exc), "error": code}, status_code=exc.status, headers=headers)
+
+    async def limited(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LimitExceeded)
+        headers = {"Retry-After": str(exc.retry_after)}
+        return JSONResponse({"detail": str(exc), "error": "rate_limited"}, status_code=429, headers=headers)
+
     async def store_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("store error: %s", exc)
         return JSONResponse({"detail": str(exc), "error": "store"}, status_code=503)
 
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(AccessDenied, denied)
+    app.add_exception_handler(LimitExceeded, limited)
     app.add_exception_handler(ImageError, image_error)
     app.add_exception_handler(JobConflict, conflict)
     app.add_exception_handler(StoreError, store_error)

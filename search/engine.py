@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from dataclasses import replace
@@ -125,12 +126,12 @@ class SearchEngine:
             hits = self._fused(query, "text", {"image": text_vec, "text": text_vec, "semantic": semantic}, flt)
         if query.negative:
             hits = self._apply_negative(hits, query.negative)
-        if query.min_score is not None:
-            hits = [h for h in hits if h.score >= query.min_score]
         top_n = self.settings.rerank_top_n
         need = max(query.offset + query.k, 0 if isinstance(reranker, NoReranker) else top_n)
         hits = self._dedup(hits, need) if query.dedup else self._materialise(hits, need)
         hits = rerank_with_budget(reranker, query, hits, top_n, self.settings.rerank_budget_s)
+        if query.min_score is not None:
+            hits = [h for h in hits if h.score >= query.min_score]
         return hits[query.offset : query.offset + query.k]
 
     def get(self, item_id: str) -> Hit | None:
@@ -202,14 +203,18 @@ class SearchEngine:
                 }
                 for name in channels
             }
-            score = combine({n: float(relevance[n][i]) for n in channels}, weights)
+            # The list is ordered by the fused score, so that is the score; the calibrated relevance
+            # stays beside it, on the 0-1 scale re-rankers blend with.
+            rel = combine({n: float(relevance[n][i]) for n in channels}, weights)
             explanation = {
                 "query": modality,
+                "ranked_by": method,
                 "fusion": method,
                 "fused": round(f.score, 6),
+                "relevance": round(rel, 4),
                 "channels": per_channel,
             }
-            hits.append(Hit(f.id, score, {}, explanation))
+            hits.append(Hit(f.id, f.score, {}, explanation, relevance=rel))
         return hits
 
     def _scores(self, vector_name: str, vector: np.ndarray, ids: list[str]) -> np.ndarray:
@@ -281,7 +286,8 @@ class SearchEngine:
                 parts["verify"] = scores.verify
         # Every candidate gets its explanation: rounded as whole arrays, which per-value round()
         # calls over a few hundred candidates made a visible part of the query.
-        score = (0.5 * ref_rel + 0.5 * mod_rel).tolist()
+        relevance = (0.5 * ref_rel + 0.5 * mod_rel).tolist()
+        score = order_score.tolist()
         fused, ref_raw, ref_rel, mod_raw, mod_rel = (
             _rounded(v) for v in (order_score, ref_raw, ref_rel, mod_raw, mod_rel)
         )
@@ -291,7 +297,9 @@ class SearchEngine:
         for i in np.argsort(-order_score, kind="stable").tolist():
             explanation = {
                 "query": "composed",
+                "ranked_by": f"composed {method}",
                 "method": method,
+                "relevance": round(relevance[i], 4),
                 "attribute": dict(asked) if asked else None,
                 "fused": fused[i],
                 "parts": {k: v[i] for k, v in shown_parts.items()},
@@ -300,7 +308,7 @@ class SearchEngine:
                     "modifier": {"raw": mod_raw[i], "calibrated": mod_rel[i]},
                 },
             }
-            hits.append(Hit(ids[i], score[i], {}, explanation, {"image": images[i]}))
+            hits.append(Hit(ids[i], score[i], {}, explanation, {"image": images[i]}, relevance[i]))
         return hits
 
     def _apply_negative(self, hits: list[Hit], negative: str) -> list[Hit]:
@@ -310,11 +318,11 @@ class SearchEngine:
         raw = self._scores("image", neg, [h.id for h in hits])
         cal = self.calibration()
         similarity = cal["text>image"].apply(raw) if cal else raw
-        fused_max = max(max(h.explanation.get("fused", h.score) for h in hits), 1e-12)
-        # penalise works on one scale: fused scores are rescaled to 0-1 to meet calibrated similarity.
-        as_fused = [FusedHit(h.id, h.explanation.get("fused", h.score) / fused_max, {}) for h in hits]
+        # penalise works on one scale: scores are divided by the top one to meet calibrated similarity,
+        # and multiplied back after, so the penalised score keeps the method's own scale (and order).
+        top = max(max(h.score for h in hits), 1e-12)
         kept = penalise(
-            as_fused,
+            [FusedHit(h.id, h.score / top, {}) for h in hits],
             {h.id: float(s) for h, s in zip(hits, similarity, strict=True)},
             self.settings.negative_weight,
             self.settings.negative_threshold,
@@ -325,13 +333,15 @@ class SearchEngine:
             h = by_id[f.id]
             explanation = {
                 **h.explanation,
+                "ranked_by": f"{h.explanation.get('ranked_by', 'retrieval')} - negative penalty",
                 "negative": {
                     "text": negative,
                     "similarity": round(f.negative or 0, 4),
-                    "penalty": round(f.penalty, 4),
+                    "penalty": round(f.penalty * top, 6),
                 },
             }
-            out.append(replace(h, score=max(h.score - f.penalty, 0.0), explanation=explanation))
+            relevance = None if h.relevance is None else max(h.relevance - f.penalty, 0.0)
+            out.append(replace(h, score=f.score * top, explanation=explanation, relevance=relevance))
         return out
 
     def _dedup(self, hits: list[Hit], need: int) -> list[Hit]:
@@ -375,8 +385,8 @@ class SearchEngine:
             raise QueryError(f"k must be between 1 and {self.settings.max_k}, got {query.k}")
         if query.offset < 0 or query.offset + query.k > self.settings.candidates * 10:
             raise QueryError(f"offset must be between 0 and {self.settings.candidates * 10 - query.k}")
-        if query.min_score is not None and not 0 <= query.min_score <= 1:
-            raise QueryError(f"min_score is a calibrated relevance between 0 and 1, got {query.min_score}")
+        if query.min_score is not None and not math.isfinite(query.min_score):
+            raise QueryError(f"min_score must be a finite number, got {query.min_score}")
         if query.weights:
             bad = {k: v for k, v in query.weights.items() if k not in {"image", "text"} or not v >= 0}
             if bad or not sum(query.weights.values()) > 0:

@@ -26,17 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from indexer import (
-    Catalog,
-    ImagePolicy,
-    IndexManifest,
-    IndexOptions,
-    Models,
-    Tagger,
-    TagVocab,
-    index_catalog,
-    read_catalog,
-)
+from indexer import Catalog, IndexManifest, IndexTarget, Models, Tagger, TagVocab, index_into, read_catalog
 
 from .engine import SearchEngine
 
@@ -156,7 +146,8 @@ class JobRunner:
                 raise JobConflict(running)
             job = Job(id=uuid.uuid4().hex[:16], catalog=str(catalog), prune=prune, tags=str(tags) if tags else None)
             job.total = len(items.items)
-            job.errors_path = str(self.dir / f"{job.id}.errors.jsonl")
+            # Relative to the data dir: the data dir stays movable, and answers name no server path.
+            job.errors_path = f"{JOBS_DIR}/{job.id}.errors.jsonl"
             self._jobs[job.id] = job
             self._save(job)
             self._thread = threading.Thread(
@@ -225,28 +216,23 @@ class JobRunner:
         try:
             existing = IndexManifest.load(data_dir)
             vocab = vocab or (existing.tag_vocab() if existing else None)
-            manifest = self._manifest(existing, vocab)
-            if existing is None:
-                manifest.save(data_dir)  # a new index names its models before it holds any item
             models = Models(
                 clip=engine.models.clip,
                 text=engine.models.text,
                 tagger=Tagger(vocab, engine.models.clip) if vocab else None,
             )
-            report = index_catalog(
+            store_spec = existing.store if existing else self.settings.store_spec()
+            report = index_into(
+                IndexTarget(data_dir, engine.store, store_spec, models),
                 catalog,
-                engine.store,
-                models,
-                self._options(job.prune),
-                ImagePolicy.from_settings(self.settings),
-                Path(job.errors_path or self.dir / f"{job.id}.errors.jsonl"),
-                progress,
+                self.settings,
+                self.errors_file(job),
+                prune=job.prune,
+                progress=progress,
             )
-            manifest.last_run = {"catalog": job.catalog, **report.to_dict()}
-            manifest.save(data_dir)
             engine.refresh(vocab)
             with self._lock:
-                job.status, job.report = "done", report.to_dict()
+                job.status, job.report = "done", {**report.to_dict(), "errors_path": job.errors_path}
                 job.done, job.eta_s = report.total, 0.0
             log.info("index job %s done: %s", job.id, report.summary())
         except _Stopped:
@@ -257,29 +243,17 @@ class JobRunner:
             with self._lock:
                 job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
-            rows, count = _read_errors(job.errors_path)
+            rows, count = _read_errors(self.errors_file(job))
             with self._lock:
                 job.errors, job.errors_total, job.finished = rows, count, _now()
                 self._save(job)
 
-    def _manifest(self, manifest: IndexManifest | None, vocab: TagVocab | None) -> IndexManifest:
-        clip = self.engine.models.clip.spec
-        text = self.engine.models.text.spec
-        store = manifest.store if manifest else self.settings.store_spec()
-        last_run = manifest.last_run if manifest else {}
-        return IndexManifest(clip, text, store, IndexManifest.tags_from(vocab), last_run)
-
-    def _options(self, prune: bool) -> IndexOptions:
-        s = self.settings
-        return IndexOptions(
-            batch_size=s.batch_size,
-            workers=s.workers,
-            prefetch_batches=s.prefetch_batches,
-            prune=prune,
-            optimize_threshold=s.optimize_threshold,
-        )
-
     # -- persistence ----------------------------------------------------------------------------
+
+    def errors_file(self, job: Job) -> Path:
+        """The job's full errors list on this server. Jobs saved by older versions recorded an absolute path,
+        which this join keeps as it is."""
+        return Path(self.settings.data_dir) / (job.errors_path or f"{JOBS_DIR}/{job.id}.errors.jsonl")
 
     def _active(self) -> Job | None:
         return next((j for j in self._jobs.values() if j.status in ACTIVE), None)
@@ -308,7 +282,7 @@ class JobRunner:
             if job.status in ACTIVE:
                 job.status = "interrupted"
                 job.error = "the server stopped while this job ran; submit the catalog again to finish it"
-                job.errors, job.errors_total = _read_errors(job.errors_path)
+                job.errors, job.errors_total = _read_errors(self.errors_file(job))
                 self._save(job)
             jobs[job.id] = job
         return jobs
@@ -321,13 +295,12 @@ class JobRunner:
                 del self._jobs[job.id]
         for job in old:
             (self.dir / f"{job.id}.json").unlink(missing_ok=True)
-            if job.errors_path:
-                Path(job.errors_path).unlink(missing_ok=True)
+            self.errors_file(job).unlink(missing_ok=True)
 
 
-def _read_errors(path: str | None) -> tuple[list[dict[str, Any]], int]:
+def _read_errors(path: Path) -> tuple[list[dict[str, Any]], int]:
     """The first MAX_ERRORS_SHOWN rows of an errors.jsonl file, and how many rows it has."""
-    if not path or not Path(path).exists():
+    if not path.exists():
         return [], 0
     rows: list[dict[str, Any]] = []
     count = 0

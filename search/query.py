@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from indexer import Filter, Settings
+from indexer.images import is_http_url
 from indexer.store import RESERVED_KEYS
+
+from .filters import FilterError, parse_filters, parse_weights
+
+MAX_WEIGHT = 1e6
+Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
 
 
 class SearchSettings(Settings):
@@ -44,6 +53,29 @@ class SearchSettings(Settings):
     catalog_root: Path | None = Field(
         None, description="When set, catalogs and tag files named by server path must be inside this folder."
     )
+    host: str = Field("127.0.0.1", description="Address the server listens on (serve/ui --host).")
+    admin_token: SecretStr | None = Field(
+        None, description="Needed for writes (index jobs, the UI's Catalog tab) as Authorization: Bearer TOKEN."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins browsers may call the API from (JSON list); none by default."
+    )
+    rate_limit_search: str | None = Field("600/minute", description="Per client: searches and similar items.")
+    rate_limit_vlm: str | None = Field("30/minute", description="Per client: VLM calls (ask, rerank=vlm).")
+    rate_limit_generate: str | None = Field("10/minute", description="Per client: variant generation.")
+
+    @field_validator("admin_token", "rate_limit_search", "rate_limit_vlm", "rate_limit_generate", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        # Compose passes an unset variable as "": that must not become an empty (guessable) token.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def rate_limits(self) -> dict[str, str | None]:
+        return {"search": self.rate_limit_search, "vlm": self.rate_limit_vlm, "generate": self.rate_limit_generate}
+
+
+# Payload fields that hold the item's pictures: file paths inside the server, or the catalog's URLs.
+IMAGE_KEYS = frozenset({"image", "images"})
 
 
 class QueryError(ValueError):
@@ -74,21 +106,104 @@ class Query:
         return "image" if has_image else "text"
 
 
+class SearchInput(BaseModel):
+    """A search as every front end (API, UI, CLI) takes it: validated here once, then made a ``Query``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, max_length=2000, description="What to look for; with an image: the change.")
+    like: str | None = Field(None, max_length=1000, description="Catalog id to search like (excluded from hits).")
+    negative: str | None = Field(None, max_length=2000, description="Push down items matching this text.")
+    filters: list[str] = Field(
+        default_factory=list, max_length=50, description="FIELD=VALUE, FIELD=A|B, FIELD!=V, FIELD<N, ..."
+    )
+    weights: dict[str, Weight] | str | None = Field(
+        None, description='{"image": 0.6, "text": 0.4} or "image=0.6,text=0.4"'
+    )
+    k: int = Field(10, ge=1, description="Results per page (at most the server's max_k).")
+    offset: int = Field(0, ge=0, description="Results to skip (paging).")
+    min_score: float | None = Field(
+        None, allow_inf_nan=False, description="Keep hits whose score (what they are ordered by) is at least this."
+    )
+    rerank: str = Field("none", max_length=32, description="none | clip | vlm (when configured)")
+    fusion: Literal["rrf", "dbsf", "sum", "calibrated"] | None = None
+    composed_method: Literal["structured", "arithmetic"] | None = None
+    dedup: bool = Field(True, description="Collapse near-identical items.")
+
+    def to_query(
+        self, fields: Mapping[str, str], image: Image.Image | None = None, also: Filter | None = None
+    ) -> Query:
+        """The query over an index with payload ``fields``; ``also`` adds filters built elsewhere (UI facets)."""
+        flt = parse_filters(self.filters, fields)
+        if also:
+            flt = Filter((*flt.must, *also.must), (*flt.must_not, *also.must_not))
+        return Query(
+            text=self.text,
+            image=image,
+            like=self.like,
+            negative=self.negative,
+            filters=flt,
+            weights=_weights(self.weights),
+            k=self.k,
+            offset=self.offset,
+            min_score=self.min_score,
+            rerank=self.rerank,
+            dedup=self.dedup,
+            fusion=self.fusion,
+            composed_method=self.composed_method,
+        )
+
+
+def invalid_input(exc: ValidationError) -> str:
+    """A rejected ``SearchInput`` in one line per field: "k: Input should be greater than or equal to 1"."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'query'}: {e['msg']}" for e in exc.errors())
+
+
+def _weights(value: dict[str, float] | str | None) -> dict[str, float] | None:
+    weights = parse_weights(value) if isinstance(value, str) else value
+    if weights and not all(math.isfinite(w) and 0 <= w <= MAX_WEIGHT for w in weights.values()):
+        raise FilterError(f"weights must be numbers between 0 and {MAX_WEIGHT:g}, got {value!r}")
+    return weights or None
+
+
 @dataclass
 class Hit:
+    """One result. ``score`` is what the list is ordered by (its meaning depends on the query kind and
+    method, named by ``explanation["ranked_by"]``); ``relevance`` is the calibrated 0-1 relevance beside it."""
+
     id: str
     score: float
     payload: dict[str, Any]
     explanation: dict[str, Any]
     vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    relevance: float | None = None
 
     def public_payload(self) -> dict[str, Any]:
-        return {k: v for k, v in self.payload.items() if k not in RESERVED_KEYS}
+        """The payload a server may answer with: no internal keys, and no server file paths."""
+        return {
+            k: v
+            for k, v in self.payload.items()
+            if k not in RESERVED_KEYS and not (k in IMAGE_KEYS and not _all_http(v))
+        }
+
+    @property
+    def image_url(self) -> str:
+        """Where a client fetches the picture: the catalog's own http(s) URL, else the API's image route."""
+        source = self.payload.get("image")
+        return source if _all_http(source) else f"/items/{quote(self.id, safe='/')}/image"
 
     def to_dict(self) -> dict[str, Any]:
+        """The hit for a local reader (the CLI's --json): image paths included."""
         return {
             "id": self.id,
-            "score": round(self.score, 4),
-            "payload": self.public_payload(),
+            # Six decimals: rank-fusion scores are small (rrf's top is about 0.016).
+            "score": round(self.score, 6),
+            "relevance": None if self.relevance is None else round(self.relevance, 4),
+            "payload": {k: v for k, v in self.payload.items() if k not in RESERVED_KEYS},
             "explanation": self.explanation,
         }
+
+
+def _all_http(value: Any) -> bool:
+    values = value if isinstance(value, list | tuple) else [value]
+    return bool(values) and all(isinstance(v, str) and is_http_url(v) for v in values)

@@ -9,6 +9,7 @@ model and is provided by the vlm package.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -72,15 +73,16 @@ class ClipReranker:
         for i, hit in enumerate(hits):
             checks = {name: round(float(p[i]), 4) for name, p in per_attr.items()}
             agreement = float(np.mean(list(checks.values())))
-            score = (1 - self.blend) * hit.score + self.blend * agreement
+            score = (1 - self.blend) * retrieval_relevance(hit) + self.blend * agreement
             explanation = {
                 **hit.explanation,
                 "rerank": {
                     "method": "clip",
                     "stated": {a.name: a.labels[a.target] for a in attributes},
                     "probabilities": checks,
-                    "before": round(hit.score, 4),
+                    "before": round(hit.score, 6),
                 },
+                "ranked_by": "clip re-rank",
             }
             out.append(replace(hit, score=score, explanation=explanation))
         out.sort(key=lambda h: -h.score)
@@ -106,7 +108,24 @@ def rerank_with_budget(reranker: Reranker, query: Query, hits: list[Hit], top_n:
         log.warning("re-ranker %s failed (%s); keeping retrieval order", reranker.name, exc)
         return _mark(hits, reranker.name, f"error: {exc}")
     log.info("re-ranked %d hits with %s in %.3fs", len(head), reranker.name, time.perf_counter() - started)
-    return ranked + tail
+    return ranked + _below(tail, ranked, reranker.name, top_n)
+
+
+def retrieval_relevance(hit: Hit) -> float:
+    """The 0-1 retrieval figure a re-ranker blends with: the calibrated relevance, else the score."""
+    return hit.score if hit.relevance is None else hit.relevance
+
+
+def _below(tail: list[Hit], ranked: list[Hit], name: str, top_n: int) -> list[Hit]:
+    """Hits past the re-ranked head keep their order, on the re-ranker's scale and never above the head,
+    so the whole list stays ordered by its scores."""
+    floor = min((h.score for h in ranked), default=math.inf)
+    out = []
+    for hit in tail:
+        floor = min(floor, retrieval_relevance(hit))
+        note = {"method": name, "not_reranked": f"past the top {top_n}", "before": round(hit.score, 6)}
+        out.append(replace(hit, score=floor, explanation={**hit.explanation, "rerank": note}))
+    return out
 
 
 def _mark(hits: list[Hit], name: str, status: str) -> list[Hit]:

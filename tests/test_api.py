@@ -174,8 +174,32 @@ def test_health(api):
     client, _, engine = api
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["items"] == 42 and body["job"] is None
-    assert body["models"] == {"clip": engine.models.clip.spec, "text": engine.models.text.spec}
+    assert body["models"] == {"clip": engine.models.clip.model_id, "text": engine.models.text.model_id}
     assert body["fields"]["price"] == "integer"
+
+
+def test_no_answer_names_a_server_path(api, tiny_clip_spec):
+    client, root, engine = api
+    # The catalog's folder (where the item images are), the data dir and the model checkpoint.
+    server_paths = (str(root), str(engine.settings.data_dir), tiny_clip_spec.split("/", 1)[1])
+    answers = [
+        client.post("/search", json={"text": "red dress", "k": 5}),
+        client.post("/search", json={"like": "p001", "text": "in blue", "k": 5}),
+        client.post("/search", files={"image": ("q.jpg", (root / "images" / "p002.jpg").read_bytes(), "image/jpeg")}),
+        client.get("/items/p000"),
+        client.get("/items/shoes/red shoe.jpg"),
+        client.get("/items/p000/similar"),
+        client.get("/health"),
+        client.get("/jobs"),
+    ]
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert not [p for p in server_paths if p in r.text], (r.url, r.text[:500])
+    hits = answers[0].json()["hits"]
+    assert all(h["image_url"].startswith("/items/") and "image" not in h["payload"] for h in hits)
+    remote = client.get("/items/remote").json()
+    # An item whose picture is a catalog URL answers with that URL, which is public anyway.
+    assert remote["image_url"] == remote["payload"]["image"] == "https://cdn.example.com/remote.jpg"
 
 
 def test_image_url_private_address_refused_unless_allowed(api, monkeypatch):
@@ -213,7 +237,7 @@ def _bomb_png() -> bytes:
         ({"text": "dress", "filters": ["price<cheap"]}, 400, "number"),
         ({"text": "dress", "weights": "image=lots"}, 400, "malformed weights"),
         ({"text": "dress", "weights": {"image": -1}}, 422, "weights"),
-        ({"text": "dress", "min_score": 2}, 422, "min_score"),
+        ({"text": "dress", "min_score": "high"}, 422, "min_score"),
         ({"text": "dress", "rerank": "magic"}, 400, "unknown re-ranker"),
         ({"text": "dress", "colour": "red"}, 422, "colour"),
         ({"like": "no-such-item"}, 400, "unknown item id"),

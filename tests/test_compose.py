@@ -126,8 +126,16 @@ def test_depends_on_waits_for_healthy_nodes(services):
         assert all(d["condition"] == "service_healthy" for d in deps.values())
 
 
+def setting_fields() -> set[str]:
+    from generation import GeneratorSettings
+    from ui.app import UISettings
+    from vlm import VLMSettings
+
+    return {f for cls in (UISettings, VLMSettings, GeneratorSettings) for f in cls.model_fields}
+
+
 def test_apps_are_configured_by_env_vars(services):
-    fields = set(Settings.model_fields)
+    fields = setting_fields()
     for name in APPS:
         env = services[name]["environment"]
         for key in (
@@ -156,6 +164,29 @@ def test_env_defaults_parse_as_settings(services):
             env[key.removeprefix("LOOKALIKE_").lower()] = _resolve(value)
     settings = Settings(**env)
     assert settings.store_spec() == "qdrant:http://qdrant-1:6333"
+
+
+def test_writes_need_the_token_and_server_catalogs_are_fenced(services, monkeypatch):
+    """Both servers listen on all interfaces: the admin token comes from the host's env, unset means no
+    writes at all, and server-side catalogs are read from the read-only /catalog mount only."""
+    from search import SearchSettings
+    from search.access import WriteGuard
+
+    for name in ("api", "ui"):
+        service = services[name]
+        env = service["environment"]
+        assert env["LOOKALIKE_ADMIN_TOKEN"] == "${LOOKALIKE_ADMIN_TOKEN:-}", name
+        assert env["LOOKALIKE_CORS_ORIGINS"].startswith("${LOOKALIKE_CORS_ORIGINS"), name
+        root = env["LOOKALIKE_CATALOG_ROOT"]
+        mounted = [_resolve(v).split(":")[1:] for v in service["volumes"]]
+        assert [root, "ro"] in mounted, f"{name}: {root} is not mounted read-only"
+        command = _command(service)
+        host = command[command.index("--host") + 1]
+        for key, value in env.items():
+            monkeypatch.setenv(key, _resolve(value))  # as the container's environment, read as settings
+        unset = SearchSettings(host=host)
+        assert unset.admin_token is None and unset.cors_origins == [] and str(unset.catalog_root) == root
+        assert WriteGuard(unset.admin_token, unset.host).public  # so writes are refused until a token is set
 
 
 def test_interpolations_are_well_formed(raw):

@@ -213,6 +213,6 @@ def test_demo_starts_the_ui_command():
     """`make demo` ends in the UI: the command it calls must exist with the arguments it passes."""
     import inspect
 
-    from ui.cli_ui import ui_command
+    from ui.cli_serve import ui_command
 
     assert {"data_dir", "host", "port"} <= set(inspect.signature(ui_command).parameters)

@@ -167,3 +167,52 @@ def test_config_validation():
         DemoCatalogConfig(split="valid")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="items"):
         DemoCatalogConfig(items=0)
+
+
+# --------------------------------------------------------------------------- shop formats
+
+
+@pytest.mark.parametrize("fmt", ["shopify", "gmc", "gmc-xml"])
+def test_shop_formats_read_back_as_the_same_products_with_all_their_photos(fake_dataset, tmp_path, fmt):
+    from indexer.catalog import detect_format, read_catalog
+
+    plain = {i.id: i for i in read_catalog(build_demo_catalog(tmp_path / "c", config(fake_dataset))).items}
+    feed = build_demo_catalog(tmp_path / "c", config(fake_dataset, format=fmt))
+    assert feed.name == {"shopify": "products.csv", "gmc": "feed.tsv", "gmc-xml": "feed.xml"}[fmt]
+    if fmt != "gmc-xml":
+        header = feed.read_text().splitlines()[0].split("\t" if fmt == "gmc" else ",")
+        assert detect_format(header) == fmt
+    items = read_catalog(feed).items  # the layout is detected, not named
+    assert [i.id for i in items] == list(plain)
+    for item in items:
+        same = plain[item.id]
+        assert (item.title, item.description, item.image) == (same.title, same.description, same.image)
+        assert item.payload["price"] == same.payload["price"] and item.payload["brand"] == same.payload["brand"]
+        assert len(item.images) == 3 and all(Path(p).is_file() for p in item.images)
+        main, mirrored, detail = (np.asarray(Image.open(p)) for p in item.images)
+        assert np.array_equal(mirrored, main[:, ::-1]) and not np.array_equal(detail, main)
+    if fmt == "shopify":
+        shirt = next(i for i in items if i.payload["product_type"] == "shirt")
+        assert shirt.payload["size"] == ["S", "M", "L"] and len(shirt.payload["sku"]) == 3
+        assert shirt.payload["price_max"] == pytest.approx(shirt.payload["price"] + 5)
+    else:
+        assert {i.payload["currency"] for i in items} == {"USD"}
+        assert all(len(i.payload["gtin"]) == 13 for i in items)
+
+
+def test_plain_demo_catalog_has_one_photo_per_product(fake_dataset, tmp_path):
+    catalog = build_demo_catalog(tmp_path / "c", config(fake_dataset))
+    assert sorted(p.name for p in (tmp_path / "c" / "images").iterdir()) == sorted(
+        Path(r["image"]).name for r in rows(catalog)
+    )
+    with pytest.raises(ValueError, match="format"):
+        DemoCatalogConfig(format="excel")  # type: ignore[arg-type]
+
+
+def test_ean13_check_digits():
+    from indexer.demo_feeds import ean13
+
+    assert ean13(0) == "2000000000008" and ean13(107) == "2000000001074"
+    for n in (0, 5, 123, 99_999):
+        code = [int(d) for d in ean13(n)]
+        assert len(code) == 13 and (sum(code[0::2]) + 3 * sum(code[1::2])) % 10 == 0

@@ -78,6 +78,9 @@ def test_index_job_on_a_new_data_dir(server):
     assert job["errors_total"] == 1
     (error,) = job["errors"]
     assert error["id"] == "broken" and error["reason"] == "not_an_image" and "broken.jpg" in error["image"]
+    # The job names its files relative to the data dir: no server path of the index in the answer.
+    assert job["errors_path"] == job["report"]["errors_path"] == f"jobs/{job_id}.errors.jsonl"
+    assert str(root / "data") not in client.get(f"/jobs/{job_id}").text
 
     manifest = IndexManifest.load(root / "data")
     assert manifest is not None and manifest.clip_model == app.state.engine.models.clip.spec

@@ -156,7 +156,7 @@ def test_paging_and_limits(engine):
         (Query(text="   "), "empty query"),
         (Query(text="x", k=0), "k must be"),
         (Query(text="x", k=1000), "k must be"),
-        (Query(text="x", min_score=2), "min_score"),
+        (Query(text="x", min_score=float("nan")), "min_score"),
         (Query(text="x", rerank="magic"), "unknown re-ranker"),
         (Query(text="x", weights={"image": -1, "text": 1}), "weights"),
     ]:

@@ -370,6 +370,10 @@ def test_uploads_may_not_name_other_server_files_and_server_paths_can_be_fenced(
     with pytest.raises(UploadError, match=r"sneaky.csv:2: image .* is not in the upload[\s\S]*sneaky.csv:3"):
         stage_catalog(str(sneaky), None, uploads, settings)
     assert list(uploads.iterdir()) == []  # the refused upload is not kept
+    gallery = tmp_path / "gallery.csv"
+    gallery.write_text(f"id,image,images\n1,https://cdn.example.com/1.jpg,{secret}\n")  # every photo is checked
+    with pytest.raises(UploadError, match=r"gallery.csv:2: image .*secret.jpg' is not in the upload"):
+        stage_catalog(str(gallery), None, uploads, settings)
     fenced = UISettings(data_dir=tmp_path / "data", catalog_root=tmp_path / "catalogs")
     with pytest.raises(UploadError, match="outside .*catalogs"):
         stage_catalog(None, str(sneaky), uploads, fenced)

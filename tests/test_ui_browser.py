@@ -239,3 +239,56 @@ def test_ask_and_vlm_rerank_name_the_setting_they_need(page, shots):
     page.locator("#ask-go").click()
     expect(page.get_by_text("Asking questions needs a vision-language model")).to_be_visible()
     shots(page, "8-ask-without-vlm", full_page=False)
+
+
+ADMIN_TOKEN = "open-sesame-42"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, models):
+    """The same app with LOOKALIKE_ADMIN_TOKEN set: the Catalog tab asks for it."""
+    from test_ui_api import served_ui
+
+    root = tmp_path_factory.mktemp("ui-guarded")
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        served_ui(root, models, mp, env={"LOOKALIKE_ADMIN_TOKEN": ADMIN_TOKEN}) as s,
+    ):
+        yield s
+
+
+def test_the_catalog_tab_asks_for_the_admin_token_before_its_controls_show(browser, guarded, shots, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from playwright.sync_api import expect
+    from test_ui_api import catalog_zip
+
+    hats = catalog_zip(tmp_path / "hats.zip", n=6, broken=0)
+    # The endpoint itself refuses a session that never gave the token, whatever the page shows.
+    with pytest.raises(AppError, match="writes need the admin token"):
+        Client(guarded.ui, verbose=False).predict(handle_file(str(hats)), "", False, api_name="/start_index")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(guarded.ui)
+        expect(page.locator("#lk-header")).to_contain_text("products indexed")
+        page.get_by_role("tab", name="Catalog").click()
+        expect(page.locator("#catalog-lock-note")).to_contain_text("needs the admin token")
+        expect(page.locator("#catalog-start")).to_be_hidden()
+        page.locator("#catalog-token input").fill("guess")
+        page.locator("#catalog-unlock").click()
+        expect(page.get_by_text("wrong admin token")).to_be_visible()
+        expect(page.locator("#catalog-start")).to_be_hidden()
+        shots(page, "8a-catalog-locked", full_page=False)
+        page.locator("#catalog-token input").fill(ADMIN_TOKEN)
+        page.locator("#catalog-unlock").click()
+        expect(page.locator("#catalog-start")).to_be_visible()
+        page.locator("#catalog-upload input[type=file]").set_input_files(str(hats))
+        expect(page.locator("#catalog-upload")).to_contain_text("hats.zip")
+        page.locator("#catalog-start").click()
+        expect(page.locator('#job-progress[data-status="done"]')).to_be_visible(timeout=60_000)
+        expect(page.locator("#catalog-summary")).to_contain_text("6 new")
+        shots(page, "8b-catalog-unlocked")
+    finally:
+        context.close()

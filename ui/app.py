@@ -25,13 +25,15 @@ import gradio as gr
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from PIL import Image, ImageDraw
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from generation import GeneratorError, GeneratorSettings, RequestError
 from indexer import CatalogError, ImageError, ImagePolicy, StoreError, TagVocabError, WeightsMissing
 from indexer.images import is_url, load_image
-from search import FilterError, QueryError, RerankError, SearchEngine, SearchSettings
+from search import FilterError, QueryError, RerankError, SearchEngine, SearchSettings, invalid_input
+from search.access import AccessDenied, WriteGuard, client_key
 from search.jobs import JobConflict, JobRunner
+from search.limits import LimitExceeded, RateLimits
 from vlm import AskError, VLMError, VLMSettings, not_configured, vlm_reranker
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     UploadError,
     WeightsMissing,
     FileNotFoundError,
+    ValidationError,
+    AccessDenied,
+    LimitExceeded,
 )
 GENERIC_ERROR = "Something went wrong on the server, and it has been logged. Try again, or try a different request."
 
@@ -88,6 +93,10 @@ def error_message(exc: BaseException) -> str:
         text = f"The index cannot be read right now: {exc}"
     elif isinstance(exc, FileNotFoundError):
         text = f"File not found: {exc.filename or exc}"
+    elif isinstance(exc, LimitExceeded):
+        text = f"{str(exc)[:1].upper()}{str(exc)[1:]}."
+    elif isinstance(exc, ValidationError):
+        text = f"That search cannot be run: {invalid_input(exc)}"
     else:
         text = str(exc)
     return html.escape(text, quote=False).replace("\n", "<br>")
@@ -189,10 +198,13 @@ class Thumbnails:
 class Services:
     """The engine, job runner and lazily built VLM and generator that the tabs call."""
 
-    def __init__(self, engine: SearchEngine, jobs: JobRunner, settings: UISettings) -> None:
+    def __init__(
+        self, engine: SearchEngine, jobs: JobRunner, settings: UISettings, guard: WriteGuard, limits: RateLimits
+    ) -> None:
         from .app_catalog import FacetCache
 
         self.engine, self.jobs, self.settings = engine, jobs, settings
+        self.guard, self.limits = guard, limits
         data_dir = Path(settings.data_dir)
         self.thumbs = Thumbnails(data_dir / THUMBS_DIR, ImagePolicy.from_settings(settings))
         self.facets = FacetCache(engine, settings.ui_facet_max_values)
@@ -202,6 +214,17 @@ class Services:
         self._lock = threading.Lock()
         self._vlm: Any = None
         self._generator: Any = None
+
+    def count(self, kind: str, request: gr.Request | None) -> None:
+        """Count one ``kind`` call (search, vlm, generate) against the client's rate limit."""
+        client = request.client.host if request is not None and request.client else None
+        headers = request.headers if request is not None else {}
+        self.limits.hit(kind, client_key(client, headers.get("authorization")))
+
+    def check_write(self, request: gr.Request | None, token: str | None) -> None:
+        """Raise AccessDenied unless this browser session may change the catalog."""
+        client = request.client.host if request is not None and request.client else None
+        self.guard.check(client, (token or "").strip() or None)
 
     def query_policy(self) -> ImagePolicy:
         s = self.settings
@@ -288,8 +311,14 @@ def build_blocks(services: Services) -> gr.Blocks:
             with gr.Tab("Create", id="create", elem_id="tab-create"):
                 create = build_create_tab(services, shop, tabs)
 
-        def on_load() -> tuple[Any, ...]:
-            return (services.header(), *shop.filter_updates(), *catalog.on_load(), ask.status(), create.status())
+        def on_load(request: gr.Request) -> tuple[Any, ...]:
+            return (
+                services.header(),
+                *shop.filter_updates(),
+                *catalog.on_load(request),
+                ask.status(),
+                create.status(),
+            )
 
         blocks.load(
             friendly(on_load),
@@ -304,7 +333,7 @@ def build_blocks(services: Services) -> gr.Blocks:
 
 def mount_ui(app: FastAPI, settings: UISettings, path: str = UI_PATH) -> FastAPI:
     """Mount the UI into ``app`` (made by ``search.api.create_app``), on its engine and job runner."""
-    services = Services(app.state.engine, app.state.jobs, settings)
+    services = Services(app.state.engine, app.state.jobs, settings, app.state.guard, app.state.limits)
     blocks = build_blocks(services)
     # Thumbnails are static: served straight from disk, never copied into Gradio's cache.
     gr.set_static_paths([services.thumbs.root])

@@ -20,6 +20,7 @@ from indexer import Condition, Filter, IndexManifest, VectorStore, read_catalog
 from indexer.catalog import FILE_TYPES, IMAGE_EXTENSIONS
 from indexer.images import is_url
 from search import FilterError, SearchEngine, ServerPathError, resolve_server_path
+from search.access import AccessDenied
 from search.jobs import ACTIVE, Job
 
 from .app import UISettings, UploadError, friendly
@@ -172,9 +173,10 @@ def check_upload_images(catalog: Path, root: Path) -> None:
         return  # a folder of images lists only what is in it
     base = root.resolve()
     outside = [
-        f"{item.source}: image {item.image!r} is not in the upload; use a path inside the zip or an http(s) URL"
+        f"{item.source}: image {image!r} is not in the upload; use a path inside the zip or an http(s) URL"
         for item in read_catalog(catalog).items
-        if not is_url(item.image) and not Path(item.image).resolve().is_relative_to(base)
+        for image in item.images
+        if not is_url(image) and not Path(image).resolve().is_relative_to(base)
     ]
     if outside:
         raise UploadError("\n".join(outside[:5]) + (f"\n... and {len(outside) - 5} more" if len(outside) > 5 else ""))
@@ -300,13 +302,13 @@ def stats_markdown(services: Services) -> str:
     lines = [
         "### Index",
         f"- **Products:** {count:,}",
-        f"- **CLIP model:** `{engine.models.clip.spec}`",
-        f"- **Text model:** `{engine.models.text.spec}`",
+        f"- **CLIP model:** `{engine.models.clip.model_id}`",
+        f"- **Text model:** `{engine.models.text.model_id}`",
     ]
     if engine.fields:
         lines.append("- **Filterable fields:** " + ", ".join(f"{k} ({v})" for k, v in sorted(engine.fields.items())))
     if manifest and manifest.last_run.get("catalog"):
-        lines.append(f"- **Last catalog:** `{html.escape(str(manifest.last_run['catalog']))}`")
+        lines.append(f"- **Last catalog:** `{html.escape(Path(manifest.last_run['catalog']).name)}`")
     return "\n".join(lines)
 
 
@@ -318,16 +320,25 @@ class CatalogView:
 
 def build_catalog_tab(services: Services, shop: ShopView, header: Any) -> CatalogView:
     types = [*FILE_TYPES, ".zip"]
-    gr.Markdown(
-        "Upload a catalog (CSV, TSV, JSONL or Parquet with `id`, `image`, `title`, `description` and any other "
-        "columns), or a **zip** of one catalog file plus the images it names. Re-indexing only embeds what changed."
-    )
-    with gr.Row(equal_height=False):
-        upload = gr.File(label="Catalog file or zip", file_types=types, type="filepath", elem_id="catalog-upload")
-        with gr.Column(min_width=260):
-            server_path = gr.Textbox(label="…or a path on the server", placeholder="/data/catalog.csv")
-            prune = gr.Checkbox(label="Remove products that are gone from the catalog", value=False)
-            start = gr.Button("Start indexing", variant="primary", elem_id="catalog-start")
+    token = gr.State(None)
+    # Writes are guarded on the server for every call; hiding the controls only spares a shopper the form.
+    with gr.Column(visible=False, elem_id="catalog-lock") as lock:
+        lock_note = gr.Markdown(elem_id="catalog-lock-note")
+        with gr.Row(visible=False) as token_row:
+            token_box = gr.Textbox(label="Admin token", type="password", scale=4, elem_id="catalog-token")
+            unlock = gr.Button("Unlock", scale=1, elem_id="catalog-unlock")
+    with gr.Column(visible=False, elem_id="catalog-controls") as controls:
+        gr.Markdown(
+            "Upload a catalog (CSV, TSV, JSONL or Parquet with `id`, `image`, `title`, `description` and any other "
+            "columns, a Shopify product export or a Merchant Center feed), or a **zip** of one catalog file plus the "
+            "images it names. Re-indexing only embeds what changed."
+        )
+        with gr.Row(equal_height=False):
+            upload = gr.File(label="Catalog file or zip", file_types=types, type="filepath", elem_id="catalog-upload")
+            with gr.Column(min_width=260):
+                server_path = gr.Textbox(label="…or a path on the server", placeholder="/data/catalog.csv")
+                prune = gr.Checkbox(label="Remove products that are gone from the catalog", value=False)
+                start = gr.Button("Start indexing", variant="primary", elem_id="catalog-start")
     job_id = gr.Textbox(visible=False, label="Job id")
     progress = gr.HTML(elem_id="catalog-progress")
     summary = gr.Markdown(elem_id="catalog-summary", elem_classes="lk-status")
@@ -343,7 +354,12 @@ def build_catalog_tab(services: Services, shop: ShopView, header: Any) -> Catalo
     stats = gr.Markdown(elem_id="catalog-stats")
     timer = gr.Timer(1.0, active=False)
 
-    def start_index(catalog_file: str | None, server_path: str, prune: bool) -> tuple[Any, ...]:
+    def start_index(
+        catalog_file: str | None, server_path: str, prune: bool, token: str | None, request: gr.Request
+    ) -> tuple[Any, ...]:
+        services.check_write(request, token)
+        if not catalog_file and (server_path or "").strip():
+            services.guard.check_server_path(services.settings.catalog_root)
         catalog = stage_catalog(catalog_file, server_path, services.uploads, services.settings)
         try:
             job = services.jobs.submit(catalog, prune=prune)
@@ -361,12 +377,13 @@ def build_catalog_tab(services: Services, shop: ShopView, header: Any) -> Catalo
             return (progress_html(job), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * 4)
         services.facets.refresh()
         rows = [[str(row.get(c, "")) for c in ERROR_COLUMNS] for row in job.errors]
-        has_errors = bool(job.errors_total and job.errors_path and Path(job.errors_path).exists())
+        errors_file = services.jobs.errors_file(job)
+        has_errors = bool(job.errors_total and errors_file.exists())
         return (
             progress_html(job),
             summary_markdown(job),
             gr.update(value=rows, visible=bool(rows)),
-            gr.update(value=job.errors_path if has_errors else None, visible=has_errors),
+            gr.update(value=str(errors_file.resolve()) if has_errors else None, visible=has_errors),
             stats_markdown(services),
             gr.Timer(active=False),
             services.header(),
@@ -376,7 +393,7 @@ def build_catalog_tab(services: Services, shop: ShopView, header: Any) -> Catalo
     outputs = [progress, summary, errors, download, stats, timer, header, *shop.filter_outputs]
     start.click(
         friendly(start_index),
-        inputs=[upload, server_path, prune],
+        inputs=[upload, server_path, prune, token],
         outputs=[job_id, progress, summary, errors, download, timer],
         api_name="start_index",
         concurrency_limit=2,
@@ -390,10 +407,37 @@ def build_catalog_tab(services: Services, shop: ShopView, header: Any) -> Catalo
         show_progress="hidden",
     )
 
-    def on_load() -> tuple[Any, ...]:
+    def try_unlock(typed: str, request: gr.Request) -> tuple[Any, ...]:
+        services.check_write(request, typed)
+        return typed, gr.Column(visible=False), gr.Column(visible=True), ""
+
+    unlock_outputs = [token, lock, controls, token_box]
+    gr.on(
+        [unlock.click, token_box.submit],
+        friendly(try_unlock),
+        inputs=[token_box],
+        outputs=unlock_outputs,
+        api_visibility="private",
+        show_progress="hidden",  # a refused token leaves the form usable, not covered by an error overlay
+    )
+
+    def access(request: gr.Request | None) -> tuple[Any, ...]:
+        """Whether this browser may change the catalog: straight in, asked for the token, or told why not."""
+        if services.guard.token is not None:
+            note = "Changing the catalog needs the admin token (`LOOKALIKE_ADMIN_TOKEN`)."
+            return gr.Column(visible=True), note, gr.Row(visible=True), gr.Column(visible=False)
+        try:
+            services.check_write(request, None)
+        except AccessDenied as exc:
+            note = f"The catalog cannot be changed from here: {html.escape(str(exc))}."
+            return gr.Column(visible=True), note, gr.Row(visible=False), gr.Column(visible=False)
+        return gr.Column(visible=False), "", gr.Row(visible=False), gr.Column(visible=True)
+
+    def on_load(request: gr.Request | None = None) -> tuple[Any, ...]:
+        gates = access(request)
         running = services.jobs.running()
         if running is None:
-            return "", "", gr.Timer(active=False), stats_markdown(services)
-        return running.id, progress_html(running), gr.Timer(active=True), stats_markdown(services)
+            return ("", "", gr.Timer(active=False), stats_markdown(services), *gates)
+        return (running.id, progress_html(running), gr.Timer(active=True), stats_markdown(services), *gates)
 
-    return CatalogView([job_id, progress, timer, stats], on_load)
+    return CatalogView([job_id, progress, timer, stats, lock, lock_note, token_row, controls], on_load)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from indexer.images import decode_upload
-from search import Hit, Query
+from search import Hit, Query, SearchInput
 from vlm import VLMNotConfigured, not_configured
 
 from .app import friendly, product_gallery
@@ -36,7 +36,7 @@ def caption(hit: Hit) -> str:
     parts = [str(p.get("title") or hit.id)]
     if isinstance(p.get("price"), int | float) and not isinstance(p.get("price"), bool):
         parts.append(f"{p['price']:.2f}")
-    parts.append(f"match {hit.score:.2f}")
+    parts.append(f"score {hit.score:.3g}")
     return " · ".join(parts)
 
 
@@ -46,7 +46,7 @@ def detail_markdown(row: dict[str, Any]) -> str:
     lines = [f"### {e(str(p.get('title') or row['id']))}", f"match **{row['score']:.2f}** · id `{e(row['id'])}`"]
     if p.get("description"):
         lines += ["", e(str(p["description"]))]
-    facts = [f"- **{e(k)}:** {e(str(v))}" for k, v in p.items() if k not in ("title", "description", "image")]
+    facts = [f"- **{e(k)}:** {e(str(v))}" for k, v in p.items() if k not in ("title", "description", "image", "images")]
     return "\n".join(lines + [""] + facts)
 
 
@@ -187,7 +187,7 @@ def build_shop_tab(services: Services) -> ShopView:
         rows = [
             {
                 "id": h.id,
-                "score": round(h.score, 4),
+                "score": round(h.score, 6),
                 "thumb": t,
                 "payload": h.public_payload(),
                 "explanation": h.explanation,
@@ -205,7 +205,10 @@ def build_shop_tab(services: Services) -> ShopView:
         gallery_items = [(t, caption(h)) for t, h in zip(thumbs, found, strict=True)]
         return gallery_items, text, rows, gr.Column(visible=False)
 
-    def run(query_: Query, what: str) -> tuple[Any, ...]:
+    def run(query_: Query, what: str, request: gr.Request | None) -> tuple[Any, ...]:
+        services.count("search", request)
+        if query_.rerank == "vlm":
+            services.count("vlm", request)
         if engine.store.schema() is None or not engine.store.count():
             return [], "The index is empty: upload a catalog in the **Catalog** tab, then search here.", [], gr.skip()
         if query_.rerank == "vlm" and not services.vlm_settings.vlm:
@@ -222,6 +225,7 @@ def build_shop_tab(services: Services) -> ShopView:
         price_max: float | None,
         rerank: str,
         k: float,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
         text = (text or "").strip()
         if not text and not image:
@@ -230,16 +234,14 @@ def build_shop_tab(services: Services) -> ShopView:
         quoted = f"“{html.escape(text)}”"
         what = f"your photo + {quoted}" if img is not None and text else ("your photo" if img is not None else quoted)
         w = float(image_weight if image_weight is not None else default_weight)
-        q = Query(
+        q = SearchInput(
             text=text or None,
-            image=img,
             negative=(negative or "").strip() or None,
-            filters=services.facets.get().filter(filters, price_min, price_max),
             weights={"image": w, "text": 1 - w},
             k=int(k),
             rerank=rerank or "none",
-        )
-        return run(q, what)
+        ).to_query(engine.fields, img, services.facets.get().filter(filters, price_min, price_max))
+        return run(q, what, request)
 
     def like(
         item_id: str,
@@ -250,6 +252,7 @@ def build_shop_tab(services: Services) -> ShopView:
         price_max: float | None,
         rerank: str,
         k: float,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
         if not item_id:
             raise gr.Error("Pick a result first.", print_exception=False)
@@ -259,21 +262,22 @@ def build_shop_tab(services: Services) -> ShopView:
         title = html.escape(str(hit.payload.get("title") or item_id))
         change = (change or "").strip()
         what = f"*{title}* but “{html.escape(change)}”" if change else f"items like *{title}*"
-        q = Query(
+        q = SearchInput(
             text=change or None,
             like=item_id,
             negative=(negative or "").strip() or None,
             k=int(k),
-            filters=services.facets.get().filter(filters, price_min, price_max),
             rerank=rerank or "none",
-        )
-        return run(q, what)
+        ).to_query(engine.fields, also=services.facets.get().filter(filters, price_min, price_max))
+        return run(q, what, request)
 
     def pick(rows: list[dict[str, Any]] | None, evt: gr.SelectData) -> tuple[Any, ...]:
         if not rows or evt.index is None or not 0 <= int(evt.index) < len(rows):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         row = rows[int(evt.index)]
-        big = services.thumbs.get(row["payload"].get("image"), 512)
+        # The row the browser holds names no server path: the picture is looked up here by id.
+        item = engine.get(row["id"])
+        big = services.thumbs.get(item.payload.get("image") if item else None, 512)
         return row["id"], gr.Column(visible=True), big, detail_markdown(row), gr.Markdown(visible=False)
 
     def why(item_id: str, rows: list[dict[str, Any]] | None) -> Any:
@@ -303,8 +307,9 @@ def build_shop_tab(services: Services) -> ShopView:
         price_max: float | None,
         rerank: str,
         k: float,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
-        return like(item_id, "", negative, filters, price_min, price_max, rerank, k)
+        return like(item_id, "", negative, filters, price_min, price_max, rerank, k, request)
 
     more.click(
         friendly(more_like_this),

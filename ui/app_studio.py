@@ -95,11 +95,14 @@ def build_ask_tab(services: Services, shop: ShopView) -> StudioView:
         choices = [(f"{r['payload'].get('title') or r['id']} ({r['id']})", r["id"]) for r in rows or []]
         return gr.CheckboxGroup(choices=choices, value=[])
 
-    def ask(about: str, products: list[str], images: list[str] | None, question: str, k: float) -> tuple[str, list]:
+    def ask(
+        about: str, products: list[str], images: list[str] | None, question: str, k: float, request: gr.Request
+    ) -> tuple[str, list]:
         from vlm import ask_catalog, ask_images
 
         if not (question or "").strip():
             raise gr.Error("Type a question first.", print_exception=False)
+        services.count("vlm", request)
         vlm = services.vlm("Asking questions")
         if about == "catalog":
             answer = ask_catalog(vlm, engine, question, Filter(), k=int(k))
@@ -171,7 +174,10 @@ def build_create_tab(services: Services, shop: ShopView, tabs: Any) -> StudioVie
                 nearest = product_gallery("Nearest real products", columns=3)
         slots.append((row, image, scores, nearest))
 
-    def create(product_id: str, image: str | None, change: str, n: float, seed: float | None) -> list[Any]:
+    def create(
+        product_id: str, image: str | None, change: str, n: float, seed: float | None, http: gr.Request
+    ) -> list[Any]:
+        services.count("generate", http)
         generator = services.generator()
         product_id = (product_id or "").strip()
         exclude = None

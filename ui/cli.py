@@ -14,18 +14,18 @@ import typer
 from indexer import (
     CatalogError,
     EncoderError,
-    ImagePolicy,
     IndexManifest,
-    IndexOptions,
+    IndexTarget,
     Settings,
     StoreError,
     TagVocab,
     TagVocabError,
     build_models,
-    index_catalog,
+    index_into,
     open_store,
     read_catalog,
 )
+from indexer.catalog import FeedFormat, parse_mapping
 
 app = typer.Typer(
     name="lookalike",
@@ -40,6 +40,14 @@ log = logging.getLogger("lookalike")
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Index folder (env LOOKALIKE_DATA_DIR).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+CatalogFormat = Annotated[
+    FeedFormat | None,
+    typer.Option("--format", help="Catalog layout; auto detects it from the header (env LOOKALIKE_CATALOG_FORMAT)."),
+]
+ColumnMap = Annotated[
+    list[str] | None,
+    typer.Option("--map", help="FIELD=COLUMN for other layouts, repeatable: --map id=sku (env LOOKALIKE_CATALOG_MAP)."),
+]
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (CatalogError, EncoderError, StoreError, TagVocabError, FileNotFoundError)
@@ -94,6 +102,8 @@ def index(
     tags: Annotated[
         Path | None, typer.Option("--tags", help="Zero-shot tag vocabulary (YAML: label set -> labels).")
     ] = None,
+    catalog_format: CatalogFormat = None,
+    column_map: ColumnMap = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -108,48 +118,32 @@ def index(
             batch_size=batch_size,
             workers=workers,
             dtype=dtype,
+            catalog_format=catalog_format,
+            catalog_map=parse_mapping(column_map) if column_map else None,
         )
         manifest = IndexManifest.load(settings.data_dir)
         clip_spec, text_spec = resolve_models(settings, manifest)
         vocab = TagVocab.load(tags) if tags else (manifest.tag_vocab() if manifest else None)
-        items = read_catalog(catalog)
+        items = read_catalog(catalog, options=settings.feed_options())
         device = settings.torch_device()
         log.info("loading models on %s: %s, %s", device, clip_spec, text_spec)
         models = build_models(clip_spec, text_spec, device, vocab, settings.encoder_options())
-        store_spec = settings.store_spec()
+        # An existing index keeps its store; a new one gets the settings' (default: DATA_DIR/store).
+        store_spec = manifest.store if manifest and "store" not in settings.model_fields_set else settings.store_spec()
         store = open_store(store_spec, api_key=settings.qdrant_api_key)
-        options = IndexOptions(
-            batch_size=settings.batch_size,
-            workers=settings.workers,
-            prefetch_batches=settings.prefetch_batches,
-            prune=prune,
-            optimize_threshold=settings.optimize_threshold,
-        )
         bar = tqdm(total=len(items.items), unit="img", desc="indexing", disable=quiet, dynamic_ncols=True)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.n)
-
         try:
-            report = index_catalog(
+            report = index_into(
+                IndexTarget(settings.data_dir, store, store_spec, models),
                 items,
-                store,
-                models,
-                options,
-                ImagePolicy.from_settings(settings),
+                settings,
                 settings.data_dir / "errors.jsonl",
-                progress,
+                prune=prune,
+                progress=lambda done, total: bar.update(done - bar.n),
             )
         finally:
             bar.close()
             store.close()
-        IndexManifest(
-            clip_model=clip_spec,
-            text_model=text_spec,
-            store=store_spec,
-            tags=IndexManifest.tags_from(vocab),
-            last_run={"catalog": str(catalog), **report.to_dict()},
-        ).save(settings.data_dir)
         text = report.summary()
         if report.failed:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.failures.items()))
@@ -198,12 +192,17 @@ def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 
 
 # Command modules register themselves on ``app``; imported here so ``lookalike`` has them all.
-from . import cli_ask, cli_demo, cli_models, cli_search, cli_serve, cli_ui, cli_vary  # noqa: E402,F401
+from . import cli_ask, cli_demo, cli_models, cli_search, cli_serve, cli_vary  # noqa: E402,F401
 
 
 def _configure_logging() -> None:
+    from asgi_correlation_id import CorrelationIdFilter
+
     level = os.environ.get("LOOKALIKE_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Every line names the request it belongs to ("-" outside requests): [request id] level logger: message.
+    logging.basicConfig(level=level, format="[%(correlation_id)s] %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(CorrelationIdFilter(default_value="-"))
 
 
 def main() -> None:

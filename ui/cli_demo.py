@@ -16,6 +16,7 @@ from indexer.demo_catalog import (
     DEMO_TRAIN_ITEMS,
     DemoCatalogConfig,
     DemoDatasetMissing,
+    DemoFormat,
     build_demo_catalog,
     write_tag_vocab,
 )
@@ -51,13 +52,22 @@ def demo_catalog(
     items: Annotated[int, typer.Option("--items", min=1, help="Number of products.")] = DEMO_TEST_ITEMS,
     seed: Annotated[int, typer.Option("--seed")] = DEMO_SEED,
     split: Annotated[str, typer.Option("--split", help="train | test (test uses held-out photos only).")] = "test",
+    feed_format: Annotated[
+        DemoFormat,
+        typer.Option(
+            "--format",
+            help="plain (catalog.jsonl), shopify (products.csv), gmc (feed.tsv) or gmc-xml (feed.xml); "
+            "the shop formats give each product three photos.",
+        ),
+    ] = "plain",
     quiet: Quiet = False,
 ) -> None:
     """Write a demo catalog of real product photos (Fashion-MNIST), recoloured and patterned."""
     with user_errors():
         if split not in ("train", "test"):
             raise UserError(f"--split must be train or test, not {split!r}")
-        path = _build_catalog(out_dir, DemoCatalogConfig(items=items, seed=seed, split=split), quiet)
+        config = DemoCatalogConfig(items=items, seed=seed, split=split, format=feed_format)
+        path = _build_catalog(out_dir, config, quiet)
         write_tag_vocab(out_dir / "tags.yaml")
         typer.echo(f"{path} ({items} items); zero-shot tag vocabulary: {out_dir / 'tags.yaml'}")
 
@@ -162,7 +172,7 @@ def demo(
 
 def _start_ui(data_dir: Path, host: str, port: int) -> None:
     try:
-        from .cli_ui import ui_command
+        from .cli_serve import ui_command
     except ImportError as exc:  # gradio is an optional extra
         typer.echo(f"(the UI needs the [ui] extra: {exc}; search with `lookalike search --data-dir {data_dir}`)")
         return
@@ -175,7 +185,8 @@ def _step(n: int, text: str) -> None:
 
 def _build_catalog(out_dir: Path, config: DemoCatalogConfig, quiet: bool = False) -> Path:
     catalog = out_dir / "catalog.jsonl"
-    if catalog.exists() and sum(1 for _ in catalog.open()) >= config.items:
+    # The shortcut counts JSONL lines; a shop feed is rebuilt, which reuses every photo already written.
+    if config.format == "plain" and catalog.exists() and sum(1 for _ in catalog.open()) >= config.items:
         return catalog
     bar, update = _bar(f"{config.split} catalog", quiet, "img")
     try:

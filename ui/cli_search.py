@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from indexer import ImageError, ImagePolicy
 from indexer.images import load_image
-from search import FilterError, Query, QueryError, SearchEngine, SearchSettings, parse_filters, parse_weights
+from search import FilterError, QueryError, SearchEngine, SearchInput, SearchSettings, invalid_input
 from vlm import vlm_reranker
 
 from .cli import AsJson, DataDir, Quiet, UserError, app, emit, user_errors
@@ -33,7 +34,7 @@ def format_hits(hits) -> str:
     for rank, hit in enumerate(hits, start=1):
         p = hit.payload
         price = f"  {p['price']:.2f}" if isinstance(p.get("price"), int | float) else ""
-        lines.append(f"{rank:>3}. {hit.score:.3f}  {hit.id:<16} {p.get('title', '')}{price}")
+        lines.append(f"{rank:>3}. {hit.score:>7.4g}  {hit.id:<16} {p.get('title', '')}{price}")
     return "\n".join(lines)
 
 
@@ -50,7 +51,9 @@ def search(
     weights: Annotated[str | None, typer.Option("--weights", help="e.g. image=0.6,text=0.4")] = None,
     k: Annotated[int, typer.Option("--k", help="Results to show.")] = 10,
     offset: Annotated[int, typer.Option("--offset", help="Results to skip (paging).")] = 0,
-    min_score: Annotated[float | None, typer.Option("--min-score", help="Calibrated relevance cut, 0-1.")] = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help="Keep hits scoring at least this (the printed score).")
+    ] = None,
     rerank: Annotated[str, typer.Option("--rerank", help="none | clip | vlm")] = "none",
     fusion: Annotated[str | None, typer.Option("--fusion", help="rrf | dbsf | sum | calibrated")] = None,
     no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Keep near-identical items.")] = False,
@@ -66,23 +69,24 @@ def search(
             if image:
                 policy = ImagePolicy.from_settings(engine.settings)
                 query_image, _ = load_image(image, policy)
-            query = Query(
+            query = SearchInput(
                 text=text,
-                image=query_image,
                 like=like,
                 negative=negative,
-                filters=parse_filters(filters or [], engine.fields),
-                weights=parse_weights(weights),
+                filters=filters or [],
+                weights=weights,
                 k=k,
                 offset=offset,
                 min_score=min_score,
                 rerank=rerank,
                 dedup=not no_dedup,
                 fusion=fusion,
-            )
+            ).to_query(engine.fields, query_image)
             hits = engine.search(query)
         except (QueryError, FilterError, ImageError) as exc:
             raise UserError(str(exc)) from None
+        except ValidationError as exc:
+            raise UserError(invalid_input(exc)) from None
         finally:
             engine.close()
         text_out = format_hits(hits)

@@ -193,7 +193,7 @@ def ask_catalog(
 
 def _product(hit: Hit, policy: ImagePolicy) -> tuple[Source, Image.Image | None]:
     payload = hit.public_payload()
-    thumbnail = payload.get("image")
+    thumbnail = hit.payload.get("image")  # the server's own file or URL: loaded here, never sent as text
     details = {
         k: (str(v)[:MAX_FIELD_CHARS] if isinstance(v, str) else v)
         for k, v in payload.items()

@@ -24,7 +24,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from PIL import Image
 
 from indexer import WeightsMissing
+from search.limits import DailyBudget, LimitExceeded
 
+from .metrics import VLM_CACHE_HITS, VLM_CALLS, VLM_TOKENS
 from .settings import VLMSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,10 @@ class VLMRequestError(VLMError):
 
 class VLMTimeout(VLMRequestError):
     """No answer within the caller's time budget."""
+
+
+class VLMBudgetSpent(VLMError, LimitExceeded):
+    """The day's token budget for a paid VLM is spent."""
 
 
 class TooManyImages(VLMError, ValueError):
@@ -179,12 +185,16 @@ class BaseVLM:
 
     batch_size = 1  # conversations per ``_call``
     workers = 1  # ``_call``s in flight at once
+    paid = False  # a paid API: its calls count against LOOKALIKE_VLM_DAILY_TOKENS
 
     def __init__(self, spec: str, settings: VLMSettings):
         self.spec = spec
         self.settings = settings
         self.max_images = settings.vlm_max_images
         self.cache = ResponseCache(Path(settings.data_dir) / "vlm-cache") if settings.vlm_cache else None
+        limit = settings.vlm_daily_tokens if self.paid else None
+        path = Path(settings.data_dir) / "budget-vlm.json"
+        self.budget = DailyBudget(path, limit, f"the VLM ({spec})") if limit else None
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -218,6 +228,7 @@ class BaseVLM:
             cached = self.cache.get(key) if self.cache else None
             if cached is not None:
                 log.info("%s: cached reply (%s)", self.spec, key[:12])
+                VLM_CACHE_HITS.labels(self.spec).inc()
                 results[i] = cached
             else:
                 todo.append(i)
@@ -239,8 +250,10 @@ class BaseVLM:
             try:
                 replies: list[VLMReply | VLMError] = list(future.result())
             except VLMError as exc:
+                VLM_CALLS.labels(self.spec, type(exc).__name__).inc()
                 replies = [exc] * len(unit)
             except Exception as exc:  # a backend bug or an out-of-memory must not take the caller down
+                VLM_CALLS.labels(self.spec, "error").inc()
                 log.warning("%s: call failed", self.spec, exc_info=True)
                 replies = [VLMError(f"{self.spec}: {type(exc).__name__}: {exc}")] * len(unit)
             for i, reply in zip(unit, replies, strict=True):
@@ -287,9 +300,19 @@ class BaseVLM:
 
     def _run_unit(self, conversations: list[list[Message]], keys: list[str], max_tokens: int) -> list[VLMReply]:
         started = time.perf_counter()
+        if self.budget is not None:
+            try:
+                self.budget.check()
+            except LimitExceeded as exc:
+                raise VLMBudgetSpent(str(exc), exc.retry_after) from None
         replies = self._call(conversations, max_tokens)
         elapsed = time.perf_counter() - started
+        VLM_CALLS.labels(self.spec, "ok").inc()
         for reply, key in zip(replies, keys, strict=True):
+            VLM_TOKENS.labels(self.spec, "prompt").inc(reply.usage.prompt_tokens)
+            VLM_TOKENS.labels(self.spec, "completion").inc(reply.usage.completion_tokens)
+            if self.budget is not None:
+                self.budget.spend(reply.usage.prompt_tokens + reply.usage.completion_tokens)
             log.info(
                 "%s: %.3fs, %d prompt + %d completion tokens",
                 self.spec,

@@ -26,6 +26,8 @@ def data_url(image: Image.Image, quality: int = 90) -> str:
 
 
 class OpenAIVLM(BaseVLM):
+    paid = True  # local OpenAI-compatible servers too: what they cost is the operator's to cap
+
     def __init__(self, spec: str, model: str, base_url: str | None, settings: VLMSettings):
         super().__init__(spec, settings)
         import openai

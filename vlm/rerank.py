@@ -21,6 +21,7 @@ from PIL import Image
 from indexer import ImageError, ImagePolicy, Settings, WeightsMissing
 from indexer.images import load_image
 from search import Hit, Query, RerankError
+from search.rerank import retrieval_relevance
 
 from .core import VLM, Message, VLMError, VLMReply, VLMTimeout
 from .factory import vlm_from_settings
@@ -84,18 +85,20 @@ class VLMReranker:
         out = []
         for hit in hits:
             judgement = judged.get(hit.id)
+            retrieval = retrieval_relevance(hit)
             if judgement is None:
-                out.append(_explain(hit, {"method": "vlm", "fallback": outcome[hit.id], "before": round(hit.score, 4)}))
+                # Unjudged, it keeps its retrieval relevance: the scale the judged ones are blended on.
+                info = {"method": "vlm", "fallback": outcome[hit.id], "before": round(hit.score, 6)}
+                out.append(_explain(replace(hit, score=retrieval), info, "vlm re-rank"))
                 continue
-            score = blend(hit.score, judgement.score, weight)
             info = {
                 "method": "vlm",
                 "vlm_score": judgement.score,
                 "reason": judgement.reason,
                 "weight": weight,
-                "before": round(hit.score, 4),
+                "before": round(hit.score, 6),
             }
-            out.append(_explain(replace(hit, score=score), info))
+            out.append(_explain(replace(hit, score=blend(retrieval, judgement.score, weight)), info, "vlm re-rank"))
         out.sort(key=lambda h: -h.score)
         return out
 
@@ -158,8 +161,11 @@ def blend(retrieval: float, vlm_score: float, weight: float) -> float:
     return (1 - weight) * retrieval + weight * vlm_score / 10.0
 
 
-def _explain(hit: Hit, info: dict) -> Hit:
-    return replace(hit, explanation={**hit.explanation, "rerank": info})
+def _explain(hit: Hit, info: dict, ranked_by: str | None = None) -> Hit:
+    explanation = {**hit.explanation, "rerank": info}
+    if ranked_by:
+        explanation["ranked_by"] = ranked_by
+    return replace(hit, explanation=explanation)
 
 
 def vlm_reranker(settings: Settings, lookup: Lookup | None = None) -> Callable[[], VLMReranker]:

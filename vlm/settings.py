@@ -42,8 +42,11 @@ class VLMSettings(Settings):
     vlm_rerank_weight: float = Field(0.5, ge=0, le=1, description="Share of the VLM score in the blended score.")
     vlm_rerank_chunk: int = Field(8, ge=1, le=64, description="Candidates judged per VLM request.")
     vlm_rerank_max_tokens: int = Field(400, ge=16, le=8192)
+    vlm_daily_tokens: int | None = Field(
+        None, ge=1, description="Tokens a paid VLM API may spend per UTC day (as its replies report); unset: no cap."
+    )
 
-    @field_validator("vlm", "vlm_api_key", mode="before")
+    @field_validator("vlm", "vlm_api_key", "vlm_daily_tokens", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
