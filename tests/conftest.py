@@ -109,3 +109,41 @@ def make_catalog(root: Path, n: int = 12, fmt: str = "jsonl") -> Path:
 @pytest.fixture
 def catalog_path(tmp_path) -> Path:
     return make_catalog(tmp_path / "catalog")
+
+
+# -- transformers CLIP-style models and the Hugging Face cache (see support/tiny_hf.py) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip(tmp_path_factory) -> Path:
+    from support.tiny_hf import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("hf-clip") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_siglip(tmp_path_factory) -> Path:
+    from support.tiny_hf import build_tiny_siglip
+
+    return build_tiny_siglip(tmp_path_factory.mktemp("hf-siglip") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_siglip2(tmp_path_factory) -> Path:
+    from support.tiny_hf import build_tiny_siglip2_naflex
+
+    return build_tiny_siglip2_naflex(tmp_path_factory.mktemp("hf-siglip2") / "model")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache for one test: what is not written into it is not on this machine."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-home" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(cache.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    # huggingface_hub read the variables at import; every cache lookup reads this constant.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
