@@ -45,7 +45,7 @@ from .engine import SearchEngine
 from .filters import FilterError, parse_filters
 from .jobs import Job, JobConflict, JobRunner, ServerPathError, resolve_server_path
 from .limits import LimitExceeded, RateLimits
-from .metrics import REQUEST_ID_HEADER, SEARCH_SECONDS, observe
+from .observe import REQUEST_ID_HEADER, SEARCH_SECONDS, observe
 from .query import Hit, QueryError, SearchInput, SearchSettings
 from .rerank import RerankerFactory
 
