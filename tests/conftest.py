@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models built from config (never downloaded) and generated catalogs."""
+"""Shared fixtures: tiny models built from config (never downloaded), generated catalogs, hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -12,6 +12,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# A CI run must be reproducible: the same examples every run (derandomize, no example database carried over),
+# no verdict from how fast the machine is (deadline, too_slow), and a blob to replay a failure locally. A
+# developer's run keeps hypothesis' defaults and explores new examples each time. `--hypothesis-profile`
+# still picks either. Loaded here, before any test module is imported, because a `@settings(...)` decorator
+# copies every value it does not set from the profile active when it is created.
+settings.register_profile(
+    "ci",
+    settings.get_profile("default"),
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", settings.get_profile("default"))
+settings.load_profile("ci" if os.environ.get("CI", "").lower() not in ("", "0", "false", "no") else "dev")
 
 TINY_CLIP = {
     "embed_dim": 32,
