@@ -5,6 +5,7 @@ from .generator import (
     Generated,
     Generator,
     GeneratorError,
+    GeneratorWeightsMissing,
     NonFiniteOutput,
     RequestError,
     VaryRequest,
@@ -14,6 +15,7 @@ from .generator import (
 )
 from .settings import FAMILIES, GeneratorSettings
 from .vary import VariantResult, VaryResult, vary
+from .weights import generator_sources
 
 __all__ = [
     "FAMILIES",
@@ -21,6 +23,7 @@ __all__ = [
     "Generator",
     "GeneratorError",
     "GeneratorSettings",
+    "GeneratorWeightsMissing",
     "NonFiniteOutput",
     "RequestError",
     "VariantCache",
@@ -29,6 +32,7 @@ __all__ = [
     "VaryResult",
     "cache_key",
     "check_request",
+    "generator_sources",
     "image_digest",
     "make_generator",
     "vary",

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .generator import GeneratorError
+from indexer.weights import missing_labels, repo_source
+
+from .generator import GeneratorError, GeneratorWeightsMissing
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ class DepthEstimator:
                 try:
                     self._pipe = pipeline("depth-estimation", model=self.model, device=self.device)
                 except Exception as exc:  # transformers raises OSError, ValueError, ... for missing weights
+                    if missing_labels([repo_source(self.model)]):
+                        spec = f"hf:{self.model}"
+                        raise GeneratorWeightsMissing(spec, [self.model], setting="LOOKALIKE_DEPTH_MODEL") from exc
                     raise GeneratorError(
                         f"cannot load the depth model {self.model!r} (LOOKALIKE_DEPTH_MODEL): "
                         f"{type(exc).__name__}: {str(exc)[:300]}. Point it at a local folder with the model's "

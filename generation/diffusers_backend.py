@@ -20,11 +20,13 @@ import torch
 from PIL import Image
 
 from indexer import Device
+from indexer.weights import is_local_location, missing_labels
 
 from .conditions import DepthEstimator, canny_condition, square_reference
 from .generator import (
     Generated,
     GeneratorError,
+    GeneratorWeightsMissing,
     NonFiniteOutput,
     RequestError,
     VaryRequest,
@@ -32,6 +34,7 @@ from .generator import (
     fit_size,
 )
 from .settings import FAMILIES, FamilyDefaults, GeneratorSettings
+from .weights import Components, family_from_config, generator_sources
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +58,11 @@ LOAD_ERRORS = _load_errors()
 class DiffusersGenerator:
     def __init__(self, spec: str, base: str, settings: GeneratorSettings, device: Device):
         self.spec = spec
-        self.base = str(Path(base).expanduser()) if _is_local(base) else base
+        self.base = str(Path(base).expanduser()) if is_local_location(base) else base
         self.settings = settings
         self.device = device
         self.family: FamilyDefaults = FAMILIES[self._detect_family()]
+        self.parts = Components.resolve(self.base, settings, self.family)
         if settings.safety_checker and not self.family.safety_checker:
             raise GeneratorError(
                 f"LOOKALIKE_SAFETY_CHECKER is on, but diffusers has no safety checker for {self.family.name} "
@@ -76,18 +80,10 @@ class DiffusersGenerator:
 
     @property
     def ip_adapter(self) -> str | None:
-        location = self.settings.ip_adapter or self.family.ip_adapter
-        return None if location.lower() == "none" else location
-
-    def _ip_subfolder(self) -> str:
-        # "." names the folder's root (an empty variable means "unset", i.e. the family's default).
-        sub = self.settings.ip_adapter_subfolder
-        return self.family.ip_adapter_subfolder if sub is None else ("" if sub == "." else sub)
+        return self.parts.ip_adapter
 
     def controlnet_location(self, control: str) -> str:
-        if control == "depth":
-            return self.settings.controlnet_depth or self.family.depth
-        return self.settings.controlnet or self.family.canny
+        return self.parts.controlnet(control)
 
     def size(self, request: VaryRequest) -> tuple[int, int]:
         longest = request.resolution or self.settings.gen_resolution or self.family.resolution
@@ -102,8 +98,8 @@ class DiffusersGenerator:
         check_request(request, self.settings)
         width, height = self.size(request)
         ip = self.ip_adapter
-        ip_sub = self._ip_subfolder()
-        ip_weight = self.settings.ip_adapter_weight or self.family.ip_adapter_weight
+        ip_sub = self.parts.ip_subfolder
+        ip_weight = self.parts.ip_weight
         control = request.control
         return {
             **request.parameters(),
@@ -253,9 +249,7 @@ class DiffusersGenerator:
 
     def _load_ip_adapter(self, pipe) -> None:
         location = self.ip_adapter
-        sub = self._ip_subfolder()
-        weight = self.settings.ip_adapter_weight or self.family.ip_adapter_weight
-        encoder = self.settings.ip_adapter_image_encoder or self.family.image_encoder
+        sub, weight, encoder = self.parts.ip_subfolder, self.parts.ip_weight, self.parts.image_encoder
         tried = f"{location} / {sub or '.'} / {weight} (image encoder: {encoder})"
         if self.family.name == "flux":
             self._load(
@@ -286,7 +280,7 @@ class DiffusersGenerator:
                 "LOOKALIKE_LORA is set, but loading LoRA weights needs the peft package: pip install peft"
             )
         names = []
-        for i, location in enumerate(self.settings.lora):
+        for i, location in enumerate(self.parts.loras):
             path = Path(location).expanduser()
             name = f"lora{i}"
             if path.is_file():
@@ -302,6 +296,9 @@ class DiffusersGenerator:
         try:
             return fn(*args, **kwargs)
         except LOAD_ERRORS as exc:
+            missing = self._missing()
+            if missing:
+                raise GeneratorWeightsMissing(self.spec, missing, setting=setting.split(",")[0]) from exc
             offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
             reason = str(exc).strip()[:300].rstrip(".")
             raise GeneratorError(
@@ -317,24 +314,22 @@ class DiffusersGenerator:
             return self.settings.generator_family
         from diffusers import DiffusionPipeline
 
-        if _is_local(self.base) and not Path(self.base).is_dir():
+        if is_local_location(self.base) and not Path(self.base).is_dir():
             raise GeneratorError(
                 f"generator spec {self.spec!r} (LOOKALIKE_GENERATOR): {self.base!r} is not a folder. Point it at a "
                 "diffusers pipeline folder (one with model_index.json), or at a hub id in the local cache"
             )
         setting = "LOOKALIKE_GENERATOR, as diffusers:DIR"
         config = self._load("base pipeline config", setting, self.base, DiffusionPipeline.load_config, self.base)
-        name = str(config.get("_class_name", ""))
-        if "Flux" in name:
-            return "flux"
-        if "XL" in name:
-            return "sdxl"
-        if name.startswith("StableDiffusion"):
-            return "sd15"
-        raise GeneratorError(
-            f"{self.base} holds a {name or 'unknown'} pipeline; supported: Stable Diffusion 1.5, SDXL and Flux "
-            "pipelines (or set LOOKALIKE_GENERATOR_FAMILY)"
-        )
+        return family_from_config(config, self.base)
+
+    def _missing(self) -> list[str]:
+        """Which of the generator's weight sources are not on this machine."""
+        try:
+            return missing_labels(generator_sources(self.settings))
+        except (GeneratorError, *LOAD_ERRORS):  # a check that fails must not hide the load error
+            log.debug("cannot check the weights of %s", self.spec, exc_info=True)
+            return []
 
     # -- placement --------------------------------------------------------------------------------
 
@@ -441,8 +436,3 @@ def _memory_short(pipe, device: torch.device) -> bool:
         if p.device.type != "cuda"
     )
     return weights + ACTIVATION_MARGIN > free
-
-
-def _is_local(location: str) -> bool:
-    # Hub ids look like paths ("org/name"), so only explicit or existing paths count as local.
-    return location.startswith((".", "/", "~")) or Path(location).expanduser().exists()

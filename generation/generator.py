@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from PIL import Image
 
-from indexer import Device
+from indexer import Device, WeightsMissing
 
 from .settings import GeneratorSettings
 
@@ -24,6 +24,10 @@ CONTROLS: tuple[str, ...] = ("canny", "depth", "none")
 
 class GeneratorError(RuntimeError):
     """A generator cannot be built or cannot run (missing weights, out of memory, remote failure)."""
+
+
+class GeneratorWeightsMissing(GeneratorError, WeightsMissing):
+    """A generator's weights are not on this machine (see ``lookalike models pull``)."""
 
 
 class NonFiniteOutput(GeneratorError):

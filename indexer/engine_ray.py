@@ -15,6 +15,7 @@ reported in the errors file, never dropped.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import pickle
@@ -245,7 +246,7 @@ class EncodeStage:
 
             spec = self.spec
             device = resolve_device(spec.device, spec.dtype)
-            self._models = build_models(spec.clip_model, spec.text_model, device, spec.tags)
+            self._models = build_models(spec.clip_model, spec.text_model, device, spec.tags, spec.encoder_options)
         return self._models
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -346,9 +347,25 @@ def _first_line(exc: BaseException) -> str:
 
 
 def image_transform(encoder: Any) -> Any:
-    """The image encoder's preprocessing alone (a torchvision transform), to ship to decode tasks in
-    other processes without the model it belongs to."""
-    transform = getattr(encoder, "_preprocess", None)
-    if transform is None:
-        raise EncoderError(f"{encoder.spec}: its preprocessing cannot be separated from the model for the ray engine")
-    return transform
+    """The image encoder's ``preprocess`` without its model, to ship to decode tasks in other processes:
+    the encoder's own method on a shallow copy that keeps what pickles and is not a torch module (the
+    preprocessing's transforms and sizes; not the weights, nor locks)."""
+    shell = copy.copy(encoder)
+    for name, value in vars(encoder).items():
+        if isinstance(value, torch.nn.Module) or not _pickles(value):
+            delattr(shell, name)
+    try:
+        shell.preprocess(Image.new("RGB", (max(encoder.image_size, 1),) * 2))
+    except AttributeError as exc:  # it needs what was left out: the model itself
+        raise EncoderError(
+            f"{encoder.spec}: its preprocessing needs the model, so the ray engine cannot run it"
+        ) from exc
+    return shell.preprocess
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:  # locks, handles, and whatever else will not cross to another process
+        return False
+    return True

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from .settings import Settings
+    from .specs import EncoderOptions
     from .tags import TagVocab
 
 
@@ -66,5 +67,6 @@ class WorkerSpec:
     device: str = "auto"
     dtype: str = "auto"
     tags: TagVocab | None = None
+    encoder_options: EncoderOptions | None = None
     store: str = ""
     qdrant_api_key: str | None = None

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
-from .encoders import Device, looks_like_path, make_encoder
+from .encoders import Device, make_encoder
 from .engines import EngineConfig, WorkerSpec
 from .images import ImagePolicy
 from .pipeline import IndexOptions, IndexReport, Models, ProgressFn, index_catalog
 from .settings import Settings
+from .specs import EncoderOptions, looks_like_path
 from .store import VectorStore
 from .tags import LabelSet, Tagger, TagVocab
 
@@ -96,9 +97,15 @@ class IndexManifest:
         return [{"name": s.name, "labels": list(s.labels), "prompts": list(s.prompts)} for s in vocab.sets]
 
 
-def build_models(clip_spec: str, text_spec: str, device: Device, tags: TagVocab | None = None) -> Models:
-    clip = make_encoder(clip_spec, device)
-    text = make_encoder(text_spec, device)
+def build_models(
+    clip_spec: str,
+    text_spec: str,
+    device: Device,
+    tags: TagVocab | None = None,
+    options: EncoderOptions | None = None,
+) -> Models:
+    clip = make_encoder(clip_spec, device, options)
+    text = make_encoder(text_spec, device, options)
     return Models(clip=clip, text=text, tagger=Tagger(tags, clip) if tags else None)
 
 
@@ -170,6 +177,7 @@ def _worker_spec(target: IndexTarget, settings: Settings) -> WorkerSpec:
         device=settings.device,
         dtype=settings.dtype,
         tags=models.tagger.vocab if models.tagger else None,
+        encoder_options=settings.encoder_options(),
         store=target.store_spec,
         qdrant_api_key=settings.qdrant_api_key,
     )

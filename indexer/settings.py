@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .catalog_items import FeedFormat, FeedOptions, parse_mapping
+from .specs import EncoderOptions
 
 if TYPE_CHECKING:
     from .encoders import Device
@@ -25,6 +26,11 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     clip_model: str = Field(DEFAULT_CLIP, description="CLIP encoder spec (image and text vectors).")
     text_model: str = Field(DEFAULT_TEXT, description="Sentence-transformers spec for the semantic vector.")
+    query_language: str | None = Field(
+        None,
+        description="Language code for CLIP tokenizers that take one (nllb-clip: eng_Latn, deu_Latn, ...): the "
+        "language of search queries, and of catalog texts when indexing. Other models ignore it.",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     dtype: str = Field("auto", description="auto (float16 on cuda, else float32) | float32 | float16 | bfloat16")
     batch_size: int = Field(64, ge=1, le=4096)
@@ -53,7 +59,7 @@ class Settings(BaseSettings):
     def _empty_address_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("store", "qdrant_api_key", mode="before")
+    @field_validator("store", "qdrant_api_key", "query_language", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose and shells pass unset variables as "", which means "not set" here.
@@ -79,3 +85,6 @@ class Settings(BaseSettings):
         from .encoders import resolve_device  # torch is imported only by those who run models
 
         return resolve_device(self.device, self.dtype)
+
+    def encoder_options(self) -> EncoderOptions:
+        return EncoderOptions(language=self.query_language)

@@ -196,8 +196,10 @@ def union_lists(
 ) -> dict[str, list[ScoredPoint]]:
     """:meth:`search_union` results: (point id, score, payload) lists, the first carrying the payloads,
     or ``catalog`` naming the point ids; points without a name are left out."""
-    if not lists:
+    if not names:
         return {}
+    if not lists or not lists[0]:
+        return {name: [] for name in names}  # an empty union: nothing to score on the other vectors
     if catalog is None:
         catalog = {pid: str((payload or {}).get(ID_KEY, "")) for pid, _, payload in lists[0]}
     out = {}

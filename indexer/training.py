@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from .catalog import read_catalog
-from .encoders import EncoderError, cpu_has_native_bf16, encode_text_trimmed, looks_like_path, register_model_configs
+from .encoders import EncoderError, cpu_has_native_bf16, encode_text_trimmed
 from .images import ImageError, ImagePolicy, load_image
+from .specs import looks_like_path, register_model_configs
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from indexer import (
     IndexManifest,
     StoreError,
     TagVocabError,
+    WeightsMissing,
     build_models,
     open_store,
 )
@@ -44,7 +45,7 @@ from .engine import SearchEngine
 from .filters import FilterError, parse_filters
 from .jobs import Job, JobConflict, JobRunner, ServerPathError, resolve_server_path
 from .limits import LimitExceeded, RateLimits
-from .metrics import REQUEST_ID_HEADER, SEARCH_SECONDS, observe
+from .observe import REQUEST_ID_HEADER, SEARCH_SECONDS, observe
 from .query import Hit, QueryError, SearchInput, SearchSettings
 from .rerank import RerankerFactory
 
@@ -317,7 +318,9 @@ def app_from_settings(settings: SearchSettings, rerankers: dict[str, RerankerFac
         engine = SearchEngine(settings, rerankers=rerankers)
     else:
         log.info("no index in %s yet: loading %s and %s", settings.data_dir, settings.clip_model, settings.text_model)
-        models = build_models(settings.clip_model, settings.text_model, settings.torch_device())
+        models = build_models(
+            settings.clip_model, settings.text_model, settings.torch_device(), options=settings.encoder_options()
+        )
         store = open_store(settings.store_spec(), api_key=settings.qdrant_api_key)
         engine = SearchEngine(settings, store=store, models=models, rerankers=rerankers)
     return create_app(engine, JobRunner(engine), close_on_shutdown=True)
@@ -507,3 +510,5 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(FilterError, handler(400, "filter"))
     app.add_exception_handler(CatalogError, handler(400, "catalog"))
     app.add_exception_handler(TagVocabError, handler(400, "tags"))
+    # A model the server needs (e.g. the VLM re-ranker's) is not on this machine: the server's fault, not the query's.
+    app.add_exception_handler(WeightsMissing, handler(503, "weights_missing"))

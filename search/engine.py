@@ -71,7 +71,9 @@ class SearchEngine:
         self.store = store or open_store(manifest.store, api_key=settings.qdrant_api_key)
         vocab = manifest.tag_vocab() if manifest else None
         if models is None:
-            models = build_models(manifest.clip_model, manifest.text_model, settings.torch_device())
+            models = build_models(
+                manifest.clip_model, manifest.text_model, settings.torch_device(), options=settings.encoder_options()
+            )
         self.models = models
         if vocab is None and models.tagger is not None:
             vocab = models.tagger.vocab

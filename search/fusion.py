@@ -11,9 +11,9 @@ Fusion methods (``fuse(method, ...)``):
   paper; Qdrant counts positions from 0, so its ``Fusion.RRF(k)`` is ours with ``k - 1``, and its
   weighting (``1 / ((rank) / w + k - 1)``) differs from this one, so Python-side fusion is the reference.
 - ``dbsf``, distribution-based score fusion as in Qdrant: each channel's scores are rescaled so that
-  ``mean - 3 std`` maps to 0 and ``mean + 3 std`` to 1 (sample std; a single item or a channel without
-  spread maps to 0.5), then summed with the weights. As in Qdrant nothing is clipped, so a rare outlier
-  beyond 3 std lands slightly outside [0, 1]; results agree with a server-side ``Fusion.DBSF``.
+  ``mean - 3 std`` maps to 0 and ``mean + 3 std`` to 1 (sample std; a single item, or a channel whose
+  spread is only rounding, maps to 0.5), then summed with the weights. As in Qdrant nothing is clipped, so a
+  rare outlier beyond 3 std lands slightly outside [0, 1]; results agree with a server-side ``Fusion.DBSF``.
 - ``sum``, normalised weighted sum: each channel is min-max rescaled to [0, 1] (no spread maps to 0.5),
   then summed with the weights.
 
@@ -129,13 +129,29 @@ def weighted_rrf(channels: Channels, weights: Mapping[str, float], k: float = DE
     return _combine(active, values)
 
 
+# Below this spread relative to the scores' magnitude, a channel's scores count as equal (see _distribution_norm).
+_NO_SPREAD_RTOL = 1e-10
+_FLOAT32_SMALLEST = float(np.finfo(np.float32).smallest_subnormal)
+
+
 def _distribution_norm(scores: np.ndarray) -> np.ndarray:
-    # Checked on the values, not on std: the rounded mean of equal values can leave a spurious 1e-16 std.
-    if scores.size < 2 or scores.max() == scores.min():
+    # Store scores come from float32 vectors: about 7 significant digits, neighbouring float32 values are
+    # 6e-8 to 1.2e-7 apart relative to their size. A spread far below that is float64 rounding (in the mean,
+    # or upstream), not a difference between items, and 3-std scaling would stretch that noise over the
+    # whole [0, 1] window. Three equal 0.054688 show it: qdrant-client's Python reference takes sum / n as
+    # the mean, one ulp off, sees a 7e-35 variance and scores each 0.625; Qdrant's server (Welford's mean)
+    # and this function give 0.5. So a spread under 1e-10 of the largest magnitude (a thousandth of float32's
+    # resolution, a million times float64's), or under the smallest float32 near zero, is no spread: 0.5,
+    # as for an exactly zero variance. Measured as max - min, because the computed std carries that rounding.
+    if scores.size < 2:
         return np.full(scores.shape, 0.5)
-    std = float(np.std(scores, ddof=1))
-    low = float(np.mean(scores)) - 3.0 * std
-    return (scores - low) / (6.0 * std)
+    low, high = float(scores.min()), float(scores.max())
+    if high - low < max(_NO_SPREAD_RTOL * max(abs(low), abs(high)), _FLOAT32_SMALLEST):
+        return np.full(scores.shape, 0.5)
+    # The window is invariant under rescaling; working in [0, 1] keeps tiny spreads from underflowing in std.
+    unit = (scores - low) / (high - low)
+    std = float(np.std(unit, ddof=1))
+    return (unit - (float(np.mean(unit)) - 3.0 * std)) / (6.0 * std)
 
 
 def _min_max_norm(scores: np.ndarray) -> np.ndarray:

@@ -1,73 +1,90 @@
-"""What an operator watches: Prometheus metrics at ``/metrics``, and a request id on every request.
+"""Retrieval metrics for the evaluation harness: binary relevance, one query at a time.
 
-- per route: requests, status codes and latency (prometheus-fastapi-instrumentator);
-- search latency per query kind (``lookalike_search_seconds``);
-- index jobs: the running job's progress, jobs by status, items that failed;
-- VLM calls, tokens and errors, and VLM reply-cache hits (recorded by the vlm package);
-- the process itself (CPU, memory, open files).
-
-Process-wide metrics live in prometheus_client's default registry; each app gets its own registry
-that serves those plus its own routes and jobs, so several apps in one process never collide.
+``ranked`` is the result list, best first; ``relevant`` the set of correct ids. An id repeated in
+``ranked`` counts once, at its first position. Every metric needs at least one relevant id: a query
+without any measures nothing, and averaging it in as 0 would hide a broken query generator.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from asgi_correlation_id import CorrelationIdMiddleware
-from fastapi import FastAPI
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_fastapi_instrumentator import Instrumentator
-
-from .jobs import JobRunner
-
-REQUEST_ID_HEADER = "X-Request-ID"
-
-SEARCH_SECONDS = Histogram(
-    "lookalike_search_seconds",
-    "Search latency in the engine, by query kind.",
-    ["kind"],
-    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
-)
+MRR = "mrr"
 
 
-class JobsCollector:
-    """Index-job figures, read from the job runner at scrape time."""
-
-    def __init__(self, jobs: JobRunner) -> None:
-        self.jobs = jobs
-
-    def collect(self) -> Iterator[Metric]:
-        running = self.jobs.running()
-        progress = GaugeMetricFamily(
-            "lookalike_index_job_items", "Items of the running index job (0 when none runs).", labels=["state"]
-        )
-        progress.add_metric(["done"], running.done if running else 0)
-        progress.add_metric(["total"], running.total if running else 0)
-        yield progress
-        recent = self.jobs.recent(limit=1000)
-        by_status = GaugeMetricFamily(
-            "lookalike_index_jobs", "Index jobs the server knows, by status.", labels=["status"]
-        )
-        for status, count in sorted(Counter(j.status for j in recent).items()):
-            by_status.add_metric([status], count)
-        yield by_status
-        yield GaugeMetricFamily(
-            "lookalike_index_failed_items",
-            "Catalog items the known jobs could not index.",
-            sum(j.errors_total for j in recent),
-        )
+def _check(relevant: Collection[str], k: int | None) -> None:
+    if not relevant:
+        raise ValueError("a query needs at least one relevant id")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
 
 
-def observe(app: FastAPI, jobs: JobRunner) -> None:
-    """Serve ``/metrics`` for ``app`` and give every request an id (``X-Request-ID``, also in each log line)."""
-    registry = CollectorRegistry()
-    registry.register(REGISTRY)  # the process-wide metrics: search latency, VLM calls, the process
-    registry.register(JobsCollector(jobs))
-    Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(
-        app, metric_namespace="lookalike"
-    ).expose(app, include_in_schema=False)
-    # A client's own id is kept (so its logs and ours line up) when it looks like one; else a new uuid.
-    app.add_middleware(CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER)
+def _gains(ranked: Sequence[str], relevant: Collection[str], k: int | None) -> list[int]:
+    """1 where a position holds a relevant id not seen earlier in the list, else 0."""
+    seen: set[str] = set()
+    gains = []
+    for item in ranked if k is None else ranked[:k]:
+        gains.append(1 if item in relevant and item not in seen else 0)
+        seen.add(item)
+    return gains
+
+
+def precision_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """Relevant ids among the first k, over k (a list shorter than k counts its gaps as misses)."""
+    _check(relevant, k)
+    return sum(_gains(ranked, relevant, k)) / k
+
+
+def recall_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """Relevant ids among the first k, over all relevant ids."""
+    _check(relevant, k)
+    return sum(_gains(ranked, relevant, k)) / len(set(relevant))
+
+
+def ndcg_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> float:
+    """Normalised discounted cumulative gain: gain 1 per relevant id at 1-based rank r, discount log2(r+1)."""
+    _check(relevant, k)
+    dcg = sum(g / math.log2(r + 1) for r, g in enumerate(_gains(ranked, relevant, k), start=1))
+    ideal = sum(1.0 / math.log2(r + 1) for r in range(1, min(k, len(set(relevant))) + 1))
+    return dcg / ideal
+
+
+def reciprocal_rank(ranked: Sequence[str], relevant: Collection[str], k: int | None = None) -> float:
+    """1 / rank of the first relevant id (within the first k if given), 0 if there is none."""
+    _check(relevant, k)
+    for rank, gain in enumerate(_gains(ranked, relevant, k), start=1):
+        if gain:
+            return 1.0 / rank
+    return 0.0
+
+
+def query_metrics(ranked: Sequence[str], relevant: Collection[str], ks: Iterable[int] = (10,)) -> dict[str, float]:
+    """Every metric for one query: ``p@k``, ``r@k``, ``ndcg@k`` for each k; ``mrr`` over the whole list."""
+    relevant = set(relevant)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"p@{k}"] = precision_at_k(ranked, relevant, k)
+        out[f"r@{k}"] = recall_at_k(ranked, relevant, k)
+        out[f"ndcg@{k}"] = ndcg_at_k(ranked, relevant, k)
+    out[MRR] = reciprocal_rank(ranked, relevant)
+    return out
+
+
+def summarise(per_query_results: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Mean of each metric over the queries, plus ``n``, their number. Every query needs the same metrics."""
+    if not per_query_results:
+        return {"n": 0}
+    names = sorted(per_query_results[0])
+    sums = dict.fromkeys(names, 0.0)
+    for index, result in enumerate(per_query_results):
+        if sorted(result) != names:
+            raise ValueError(f"query {index} has metrics {sorted(result)}, but query 0 has {names}")
+        for name in names:
+            value = float(result[name])
+            if not math.isfinite(value):
+                raise ValueError(f"query {index}: metric {name!r} is not a finite number: {result[name]!r}")
+            sums[name] += value
+    summary: dict[str, float] = {name: sums[name] / len(per_query_results) for name in names}
+    summary["n"] = len(per_query_results)
+    return summary

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models built from config (never downloaded) and generated catalogs."""
+"""Shared fixtures: tiny models built from config (never downloaded), generated catalogs, hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -12,6 +12,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# A CI run must be reproducible: the same examples every run (derandomize, no example database carried over),
+# no verdict from how fast the machine is (deadline, too_slow), and a blob to replay a failure locally. A
+# developer's run keeps hypothesis' defaults and explores new examples each time. `--hypothesis-profile`
+# still picks either. Loaded here, before any test module is imported, because a `@settings(...)` decorator
+# copies every value it does not set from the profile active when it is created.
+settings.register_profile(
+    "ci",
+    settings.get_profile("default"),
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", settings.get_profile("default"))
+settings.load_profile("ci" if os.environ.get("CI", "").lower() not in ("", "0", "false", "no") else "dev")
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -109,3 +127,41 @@ def make_catalog(root: Path, n: int = 12, fmt: str = "jsonl") -> Path:
 @pytest.fixture
 def catalog_path(tmp_path) -> Path:
     return make_catalog(tmp_path / "catalog")
+
+
+# -- transformers CLIP-style models and the Hugging Face cache (see support/tiny_hf.py) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip(tmp_path_factory) -> Path:
+    from support.tiny_hf import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("hf-clip") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_siglip(tmp_path_factory) -> Path:
+    from support.tiny_hf import build_tiny_siglip
+
+    return build_tiny_siglip(tmp_path_factory.mktemp("hf-siglip") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_siglip2(tmp_path_factory) -> Path:
+    from support.tiny_hf import build_tiny_siglip2_naflex
+
+    return build_tiny_siglip2_naflex(tmp_path_factory.mktemp("hf-siglip2") / "model")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache for one test: what is not written into it is not on this machine."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-home" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(cache.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    # huggingface_hub read the variables at import; every cache lookup reads this constant.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache

@@ -198,3 +198,23 @@ def test_write_stage_commits_its_batch_and_passes_the_outcomes_on():
     out = stage(batch)
     assert store.count() == 3 and [r.payload["n"] for r in store.retrieve(["p2"])] == [2]
     assert list(out["id"]) == ["p0", "p1", "p2", "x"] and not any(out["record"])
+
+
+@pytest.mark.parametrize("kind", ["openclip", "hf-clip", "hf-siglip2"])
+def test_decode_tasks_get_the_encoders_preprocessing_without_its_model(kind, request, mini, cpu):
+    import pickle
+
+    from PIL import Image
+
+    from indexer import make_encoder
+    from indexer.engine_ray import image_transform
+
+    if kind == "openclip":
+        encoder = mini.clip
+    else:
+        path = request.getfixturevalue("tiny_hf_clip" if kind == "hf-clip" else "tiny_hf_siglip2")
+        encoder = make_encoder(f"hf:{path}", cpu)
+    shipped = pickle.dumps(image_transform(encoder))
+    assert len(shipped) < 5_000_000  # the transforms and the tokenizer, not the weights
+    image = Image.new("RGB", (61, 47), (200, 30, 90))
+    assert pickle.loads(shipped)(image).equal(encoder.preprocess(image))

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from qdrant_client.http import models
 from qdrant_client.hybrid.fusion import distribution_based_score_fusion, reciprocal_rank_fusion
@@ -161,13 +161,68 @@ def test_unweighted_rrf_matches_qdrant(channels, k):
     assert {ID_POOL[p.id]: p.score for p in ref} == pytest.approx(ours, rel=1e-9)
 
 
+def _without_spread(rows) -> bool:
+    # The cosine strategy's 6 decimals put any two different scores at least 1e-6 apart, far above rounding.
+    return len({score for _, score in rows}) <= 1
+
+
 @settings(max_examples=60, deadline=None)
 @given(channel_lists())
+@example({"c0": [("i0", 0.054688), ("i1", 0.054688), ("i2", 0.054688)]})
+@example({"c0": [("i0", 0.054688), ("i1", 0.054688), ("i2", 0.054688)], "c1": [("i1", 0.9), ("i3", 0.1)]})
 def test_dbsf_matches_qdrant(channels):
+    """Qdrant's reference on every channel with a spread; channels without one add 0.5 per item.
+
+    qdrant-client's Python reference scores three equal 0.054688 as 0.625 each (its mean is off by rounding),
+    so it is not the reference for those channels: ``test_dbsf_channel_without_real_spread_maps_to_half`` is.
+    """
     ours = {h.id: h.score for h in dbsf(channels, dict.fromkeys(channels, 1.0))}
     numeric = _to_numeric(channels)
-    ref = distribution_based_score_fusion([_as_qdrant(r) for r in numeric.values()], limit=100)
-    assert {ID_POOL[p.id]: p.score for p in ref} == pytest.approx(ours, rel=1e-6, abs=1e-9)
+    spread = [_as_qdrant(numeric[name]) for name, rows in channels.items() if not _without_spread(rows)]
+    expected = {ID_POOL[p.id]: p.score for p in distribution_based_score_fusion(spread, limit=100)}
+    for rows in channels.values():
+        if _without_spread(rows):
+            for item_id, _ in rows:
+                expected[item_id] = expected.get(item_id, 0.0) + 0.5
+    assert expected == pytest.approx(ours, rel=1e-6, abs=1e-9)
+
+
+def test_dbsf_three_equal_scores_map_to_half():
+    # The scores hypothesis found where qdrant-client's reference gives 0.625.
+    channels = {"c0": [("i0", 0.054688), ("i1", 0.054688), ("i2", 0.054688)]}
+    assert [h.score for h in dbsf(channels, {"c0": 1.0})] == [0.5, 0.5, 0.5]
+
+
+def _ulps_away(value: float, steps: int) -> float:
+    direction = math.inf if steps > 0 else -math.inf
+    for _ in range(abs(steps)):
+        value = math.nextafter(value, direction)
+    return value
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.floats(-1, 1, width=32),
+    st.lists(st.integers(-4, 4), min_size=1, max_size=len(ID_POOL)),
+    st.floats(0.1, 10.0),
+)
+def test_dbsf_channel_without_real_spread_maps_to_half(score, ulps, weight):
+    """Scores a few float64 ulps apart are one float32 score plus rounding: 0.5 each, like an exact tie."""
+    scores = sorted((_ulps_away(score, k) for k in ulps), reverse=True)
+    channel = list(zip(ID_POOL, scores, strict=False))
+    hits = dbsf({"c0": channel, "c1": [("i0", 0.9), ("i1", 0.2)]}, {"c0": weight, "c1": 1.0})
+    for hit in hits:
+        assert hit.channels["c0"]["contribution"] == (0.5 * weight if hit.channels["c0"]["rank"] else 0.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(-1, 1, width=32))
+def test_dbsf_neighbouring_float32_scores_are_a_real_spread(score):
+    """The smallest difference float32 scores can have is a difference between items, not rounding."""
+    above = float(np.nextafter(np.float32(score), np.float32(math.inf)))
+    hits = {h.id: h.score for h in dbsf({"c0": [("a", above), ("b", score)]}, {"c0": 1.0})}
+    assert hits["a"] > 0.5 > hits["b"]
+    assert hits["a"] + hits["b"] == pytest.approx(1.0)
 
 
 # --- properties ---------------------------------------------------------------------------------------

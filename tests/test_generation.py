@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from generation import (
     make_generator,
     vary,
 )
+from generation.cache import META
 from generation.conditions import canny_condition, square_reference
 from generation.diffusers_backend import run_with_oom_fallback, weights_id
 from generation.generator import fit_size
@@ -170,9 +172,12 @@ def test_the_cache_evicts_the_least_recently_used_entries_past_its_limit(generat
     cache = VariantCache(tmp_path / "variants", max_bytes=int(entry_bytes * 2.5))  # room for two entries
     first = vary(generator, request(seed=31, n=1), cache=cache)
     second = vary(generator, request(seed=32, n=1), cache=cache)
-    time.sleep(0.05)  # mtime resolution
-    assert vary(generator, request(seed=31, n=1), cache=cache).cached  # the first is now the most recent
-    time.sleep(0.05)
+    # Recency is the entry's mtime. Dated an hour and half an hour back, the first is older than the second
+    # whatever the file system's mtime resolution or the time between the steps.
+    now = time.time()
+    os.utime(first.variants[0].path.parent / META, (now - 3600, now - 3600))
+    os.utime(second.variants[0].path.parent / META, (now - 1800, now - 1800))
+    assert vary(generator, request(seed=31, n=1), cache=cache).cached  # the hit makes the first the most recent
     vary(generator, request(seed=33, n=1), cache=cache)  # over the limit: the second goes
     assert first.variants[0].path.is_file() and not second.variants[0].path.exists()
     assert len(list((tmp_path / "variants").glob("*/*/meta.json"))) == 2

@@ -79,7 +79,7 @@ def test_each_variant_reports_scores_and_its_nearest_real_products(engine, index
     assert [v.seed for v in result.variants] == [5, 6]
     for v in result.variants:
         assert 1 <= len(v.lookalikes) <= 3
-        assert all(h.id.startswith("p0") and 0 <= h.score <= 1 for h in v.lookalikes)
+        assert all(h.id.startswith("p0") and 0 <= h.relevance <= 1 for h in v.lookalikes)
     # A variant that shows a catalog product finds it (p017 is the same picture, so either may be kept).
     top = changed.lookalikes[0]
     assert top.id in {"p002", "p017"} and (top.payload["colour"], top.payload["category"]) == ("blue", "bag")

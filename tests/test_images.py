@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -299,7 +298,7 @@ def server() -> Iterator[Server]:
             if path == "/img.jpg":
                 self.send_body(JPEG)
             elif path == "/slow.jpg":
-                state.release.wait(5)
+                state.release.wait(30)  # set at teardown: no client timeout is ever outrun by this reply
                 self.send_body(JPEG)
             elif path == "/huge-declared.jpg":
                 self.send_response(200)
@@ -393,10 +392,10 @@ def test_transient_5xx_is_retried(server):
 
 
 def test_slow_server_times_out(server):
+    # The image is only sent when this module's server shuts down (or after 30s), so a fetch that does not
+    # give up at its own timeout gets it and fails this test: no wall-clock bound is needed to tell them apart.
     policy = ImagePolicy(allow_private_urls=True, url_timeout=0.3, retries=1)
-    start = time.monotonic()
     assert reason_of(fetch_bytes, f"{server.base}/slow.jpg", policy) == "timeout"
-    assert time.monotonic() - start < 3
 
 
 def test_oversize_bodies_are_cut_off(server):

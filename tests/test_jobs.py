@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import pytest
@@ -25,14 +24,42 @@ def add_bad_image(catalog) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
-def wait_for(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still running after {timeout}s")
+def wait_for(server, job_id: str, timeout: float = 60) -> dict:
+    """The job as ``GET /jobs/ID`` reports it once its thread has finished."""
+    client, app, _ = server
+    app.state.jobs.wait(job_id, timeout=timeout)
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] not in ("queued", "running"), f"job {job_id} still {job['status']} after {timeout}s"
+    return job
+
+
+def pause_jobs_at(monkeypatch, done: int) -> tuple[threading.Event, threading.Event]:
+    """Make the next index job stop once ``done`` items are processed; it goes on when ``resume`` is set.
+
+    Returns ``(paused, resume)``. Whatever the machine's speed, the job is then certainly running, with
+    part of the catalog stored, for as long as the test needs.
+    """
+    import search.jobs
+
+    paused, resume = threading.Event(), threading.Event()
+    index_catalog = search.jobs.index_catalog
+
+    def pausing(*args, **kwargs):
+        if "progress" in kwargs:
+            progress = kwargs.pop("progress")
+        else:
+            *args, progress = args
+
+        def progress_then_pause(n: int, total: int) -> None:
+            progress(n, total)
+            if n == done:
+                paused.set()
+                assert resume.wait(60), "the test never resumed the job"
+
+        return index_catalog(*args, progress_then_pause, **kwargs)
+
+    monkeypatch.setattr(search.jobs, "index_catalog", pausing)
+    return paused, resume
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +95,7 @@ def test_index_job_on_a_new_data_dir(server):
     job_id = r.json()["job_id"]
     assert r.json()["url"] == f"/jobs/{job_id}"
 
-    job = wait_for(client, job_id)
+    job = wait_for(server, job_id)
     assert job["status"] == "done", job
     assert job["done"] == job["total"] == 31
     assert job["images_per_s"] > 0 and job["eta_s"] == 0
@@ -95,13 +122,17 @@ def test_index_job_on_a_new_data_dir(server):
     assert [j["id"] for j in client.get("/jobs").json()] == [job_id]
 
 
-def test_concurrent_searches_while_a_job_runs(server):
+def test_concurrent_searches_while_a_job_runs(server, monkeypatch):
     from conftest import make_catalog
 
     client, app, root = server
     runner: JobRunner = app.state.jobs
     catalog = make_catalog(root / "second", n=160)  # p000-p029 are stored already; 130 are new
+    # Held once 80 items are through (30 unchanged, 50 new, most of them stored) until three searches have
+    # run during the job: how many overlap no longer depends on how fast the job or the searches are.
+    paused, resume = pause_jobs_at(monkeypatch, done=80)
     results: list[tuple[int, bool]] = []
+    overlapping = threading.Semaphore(0)
     stop = threading.Event()
 
     def search_loop(i: int) -> None:
@@ -117,6 +148,8 @@ def test_concurrent_searches_while_a_job_runs(server):
                 r = own.post("/search", json=queries[(i + n) % len(queries)])
                 overlapped = before and runner.running() is not None
                 results.append((r.status_code, overlapped))
+                if overlapped:
+                    overlapping.release()
                 n += 1
 
     threads = [threading.Thread(target=search_loop, args=(i,)) for i in range(4)]
@@ -129,15 +162,15 @@ def test_concurrent_searches_while_a_job_runs(server):
         again = client.post("/index", json={"catalog": str(catalog)})
         assert again.status_code == 409 and again.json()["job_id"] == job_id
         assert client.get("/health").json()["job"] == job_id
-        snapshot = None
-        while snapshot is None or snapshot["status"] == "running":
-            mid = json.loads((root / "data" / "jobs" / f"{job_id}.json").read_text())
-            if mid["status"] != "running":
-                break
-            snapshot = mid
-            time.sleep(0.05)
-        job = wait_for(client, job_id)
+        assert paused.wait(60), "the job never got halfway"
+        for _ in range(3):
+            assert overlapping.acquire(timeout=60), "no search ran while the job indexed"
+        # What a crash mid-run would leave behind; nothing rewrites it while the job is held.
+        snapshot = json.loads((root / "data" / "jobs" / f"{job_id}.json").read_text())
+        resume.set()
+        job = wait_for(server, job_id)
     finally:
+        resume.set()
         stop.set()
         for t in threads:
             t.join(30)
@@ -145,7 +178,6 @@ def test_concurrent_searches_while_a_job_runs(server):
     assert job["status"] == "done", job
     assert (job["report"]["new"], job["report"]["unchanged"]) == (130, 30)
     assert results and all(status == 200 for status, _ in results), {s for s, _ in results}
-    assert sum(overlapped for _, overlapped in results) >= 3, "no search ran while the job indexed"
     # the new items are searchable, with their payload fields
     r = client.post("/search", json={"text": "dress", "filters": ["price>=150"], "k": 50, "dedup": False})
     assert r.status_code == 200 and r.json()["hits"]
@@ -153,8 +185,8 @@ def test_concurrent_searches_while_a_job_runs(server):
     assert client.get("/items/p159").status_code == 200
     assert client.get("/health").json()["items"] == 160
 
-    # What a crash mid-run leaves behind: the last saved state says "running".
-    assert snapshot is not None and snapshot["status"] == "running"
+    # A job that dies mid-run leaves its last saved state, "running", behind.
+    assert snapshot["status"] == "running"
     crashed = Job.from_dict({**snapshot, "id": "crashed0000"})
     (root / "data" / "jobs" / "crashed0000.json").write_text(json.dumps(crashed.to_dict()))
     restarted = JobRunner(app.state.engine)
@@ -177,7 +209,7 @@ def test_job_failures_are_reported(server, tmp_path):
     r = client.post("/index", json={"catalog": str(catalog), "prune": "sometimes"})
     assert r.status_code == 422
     # a catalog whose only image is missing: the job runs, and reports the failed item
-    job = wait_for(client, client.post("/index", json={"catalog": str(catalog)}).json()["job_id"])
+    job = wait_for(server, client.post("/index", json={"catalog": str(catalog)}).json()["job_id"])
     assert job["status"] == "done" and job["report"]["failed"] == 1
     assert job["errors"][0]["reason"] == "not_found"
 

@@ -230,6 +230,9 @@ class TestContract:
         got = store.search_union({"image": image_vec(0), "text": E0}, limit=1, flt=shoes)
         assert ids(got["image"]) == ["p0", "p6"] and ids(got["text"]) == ["p6", "p0"]
         assert store.search_union({}, 3) == {}
+        # A filter that matches nothing: every vector answers, with no hits.
+        hats = Filter(must=(Condition("category", "eq", "hat"),))
+        assert store.search_union({"image": image_vec(0), "text": E0}, limit=3, flt=hats) == {"image": [], "text": []}
 
     def test_id_only_results_follow_writes(self, backend, store):
         def id_only():

@@ -120,7 +120,8 @@ def test_text_search_shows_a_gallery_of_the_expected_items(page, shots):
     found = search(page, "yellow bag", "results for “yellow bag”")
     shots(page, "1-text-search")
     assert found and found[0].startswith("yellow bag · ")
-    assert all(re.search(r" · \d+\.\d\d · match \d\.\d\d$", c) for c in found)  # title, price, calibrated score
+    # title, price, and the score the results are ordered by (calibrated relevance by default)
+    assert all(re.search(r" · \d+\.\d\d · score \d\.\d\d$", c) for c in found), found
     images = page.locator("#shop-results img")
     assert images.count() == len(found)
     assert "/gradio_api/file=" in images.first.get_attribute("src")
@@ -181,7 +182,7 @@ def test_catalog_upload_shows_progress_then_the_new_items_are_searchable(page, s
 
     page.get_by_role("tab", name="Catalog").click()
     page.locator("#catalog-upload input[type=file]").set_input_files(str(catalog_zip(tmp_path / "hats.zip")))
-    expect(page.locator("#catalog-upload")).to_contain_text("hats.zip")
+    expect(page.locator("#catalog-upload")).to_contain_text(re.compile(r"hats\s?\.zip"))
     page.locator("#catalog-start").click()
     progress = page.locator("#job-progress")
     expect(progress).to_contain_text(re.compile(r"\d+ / 40 items"))
@@ -212,7 +213,8 @@ def test_a_corrupt_upload_shows_a_readable_error(page, shots, tmp_path):
     broken.write_bytes(b"PK\x03\x04 this is not a zip at all")
     page.get_by_role("tab", name="Catalog").click()
     page.locator("#catalog-upload input[type=file]").set_input_files(str(broken))
-    expect(page.locator("#catalog-upload")).to_contain_text("broken.zip")
+    # The file name is shown as stem and extension, which some layouts render apart.
+    expect(page.locator("#catalog-upload")).to_contain_text(re.compile(r"broken\s?\.zip"))
     page.locator("#catalog-start").click()
     expect(page.get_by_text("broken.zip is not a readable zip file")).to_be_visible()
     shots(page, "6-bad-upload", full_page=False)
@@ -285,7 +287,7 @@ def test_the_catalog_tab_asks_for_the_admin_token_before_its_controls_show(brows
         page.locator("#catalog-unlock").click()
         expect(page.locator("#catalog-start")).to_be_visible()
         page.locator("#catalog-upload input[type=file]").set_input_files(str(hats))
-        expect(page.locator("#catalog-upload")).to_contain_text("hats.zip")
+        expect(page.locator("#catalog-upload")).to_contain_text(re.compile(r"hats\s?\.zip"))
         page.locator("#catalog-start").click()
         expect(page.locator('#job-progress[data-status="done"]')).to_be_visible(timeout=60_000)
         expect(page.locator("#catalog-summary")).to_contain_text("6 new")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import io
 import re
-import time
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,6 @@ def server():
 def chat(server):
     server.reset()
     server.responder = None
-    server.delay_s = 0.0
     return server
 
 
@@ -150,7 +150,9 @@ class TestVLMContract:
         assert len(replies) == 5 and all(isinstance(r, VLMReply) and r.text for r in replies)
 
     def test_unreadable_rerank_replies_keep_retrieval_order(self, backend, tmp_path, server):
-        vlm = backend()
+        # Only the replies' content may decide the fallback: the tiny LLaVA on a busy CPU can outlast the
+        # default 8s budget, which would make it "timeout" instead.
+        vlm = backend(vlm_rerank_budget_s=3600)
         server.responder = lambda body: Scripted(text="Candidate one looks nice, I would say.")
         hits = product_hits(tmp_path / "imgs", 4)
         out = VLMReranker(vlm, vlm.settings).rerank(Query(text="red dress"), hits)
@@ -242,10 +244,14 @@ def test_openai_gives_up_after_the_retries_with_a_clear_error(chat, tmp_path):
 
 
 def test_openai_timeouts_and_unreachable_servers(chat, tmp_path):
-    chat.script.extend([Scripted("late", delay_s=1.0)] * 2)
+    # Held until the client has given up, so the reply can never beat the 0.2s timeout on a slow machine.
+    late = threading.Event()
+    chat.script.extend([Scripted("late", release=late)] * 2)
     vlm = make_vlm(f"openai:m@{chat.url}", vlm_settings(tmp_path, vlm_timeout=0.2, vlm_max_retries=1))
     with pytest.raises(VLMRequestError, match=r"no reply within 0.2s \(LOOKALIKE_VLM_TIMEOUT\), after 1 retry"):
         vlm.generate([Message.user("hi")])
+    late.set()
+    chat.wait_for_requests(2)  # the client timing out does not mean the server has read the retry yet
     assert len(chat.requests) == 2
     closed = ScriptedChatServer()
     url = closed.url
@@ -256,28 +262,52 @@ def test_openai_timeouts_and_unreachable_servers(chat, tmp_path):
 
 
 def test_openai_requests_run_concurrently_and_in_order(chat, tmp_path):
+    answer = {i: threading.Event() for i in range(6)}
+
     def echo(body):
-        return Scripted(text="answer to " + re.search(r"q\d+", request_texts(body)).group(0), delay_s=0.3)
+        q = int(re.search(r"q(\d+)", request_texts(body)).group(1))
+        return Scripted(text=f"answer to q{q}", release=answer[q])
 
     chat.responder = echo
     vlm = make_vlm(f"openai:m@{chat.url}", vlm_settings(tmp_path, vlm_concurrency=6))
-    started = time.perf_counter()
-    replies = vlm.generate_many([[Message.user(f"q{i}")] for i in range(6)])
-    wall = time.perf_counter() - started
-    assert [r.text for r in replies] == [f"answer to q{i}" for i in range(6)]
-    assert wall < 0.9, f"6 requests of 0.3s took {wall:.2f}s: not concurrent"
-    assert max(chat.times) - min(chat.times) < 0.25
+    with ThreadPoolExecutor(1) as caller:
+        try:
+            replies = caller.submit(vlm.generate_many, [[Message.user(f"q{i}")] for i in range(6)])
+            # No reply leaves the server until all six requests wait there together: they were sent concurrently.
+            chat.wait_for_in_flight(6)
+            # Answered last question first, so the result's order is the client's doing, not the server's.
+            for sent, i in enumerate(reversed(range(6)), start=1):
+                answer[i].set()
+                chat.wait_for_replies(sent)
+            assert [r.text for r in replies.result(timeout=30)] == [f"answer to q{i}" for i in range(6)]
+        finally:
+            for event in answer.values():
+                event.set()
+    assert chat.max_in_flight == 6 and len(chat.requests) == 6
 
 
 def test_openai_budget_returns_timeouts_and_late_replies_still_fill_the_cache(chat, tmp_path):
-    chat.responder = lambda body: Scripted(text="late answer", delay_s=0.5)
+    late = threading.Event()
+    chat.responder = lambda body: Scripted(text="late answer", release=late)
     vlm = make_vlm(f"openai:m@{chat.url}", vlm_settings(tmp_path))
-    started = time.perf_counter()
-    (reply,) = vlm.generate_many([[Message.user("slow question")]], budget_s=0.1)
-    assert isinstance(reply, VLMTimeout) and "0.1s budget" in str(reply)
-    assert time.perf_counter() - started < 0.4
-    time.sleep(0.7)
-    (again,) = vlm.generate_many([[Message.user("slow question")]], budget_s=0.1)
+    cached = threading.Event()
+    put = vlm.cache.put
+
+    def put_and_tell(key, reply):
+        put(key, reply)
+        cached.set()
+
+    vlm.cache.put = put_and_tell
+    try:
+        # The reply is held until it is released below, so only the budget can end this call. The 0.5s only has
+        # to cover handing the request to a worker thread: one still queued when the budget ends is never sent.
+        (reply,) = vlm.generate_many([[Message.user("slow question")]], budget_s=0.5)
+        assert isinstance(reply, VLMTimeout) and "0.5s budget" in str(reply)
+        chat.wait_for_requests(1)
+    finally:
+        late.set()
+    assert cached.wait(30), "the late reply never reached the cache"
+    (again,) = vlm.generate_many([[Message.user("slow question")]], budget_s=0.5)
     assert isinstance(again, VLMReply) and again.cached and again.text == "late answer"
     assert len(chat.requests) == 1
 

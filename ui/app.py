@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from pydantic import Field, ValidationError
 
 from generation import GeneratorError, GeneratorSettings, RequestError
-from indexer import CatalogError, ImageError, ImagePolicy, StoreError, TagVocabError
+from indexer import CatalogError, ImageError, ImagePolicy, StoreError, TagVocabError, WeightsMissing
 from indexer.images import is_url, load_image
 from search import FilterError, QueryError, RerankError, SearchEngine, SearchSettings, invalid_input
 from search.access import AccessDenied, WriteGuard, client_key
@@ -76,6 +76,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     GeneratorError,
     RequestError,
     UploadError,
+    WeightsMissing,
     FileNotFoundError,
     ValidationError,
     AccessDenied,

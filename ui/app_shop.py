@@ -36,14 +36,14 @@ def caption(hit: Hit) -> str:
     parts = [str(p.get("title") or hit.id)]
     if isinstance(p.get("price"), int | float) and not isinstance(p.get("price"), bool):
         parts.append(f"{p['price']:.2f}")
-    parts.append(f"score {hit.score:.3g}")
+    parts.append(f"score {hit.score:.2f}")
     return " · ".join(parts)
 
 
 def detail_markdown(row: dict[str, Any]) -> str:
     p = row["payload"]
     e = html.escape
-    lines = [f"### {e(str(p.get('title') or row['id']))}", f"match **{row['score']:.2f}** · id `{e(row['id'])}`"]
+    lines = [f"### {e(str(p.get('title') or row['id']))}", f"score **{row['score']:.2f}** · id `{e(row['id'])}`"]
     if p.get("description"):
         lines += ["", e(str(p["description"]))]
     facts = [f"- **{e(k)}:** {e(str(v))}" for k, v in p.items() if k not in ("title", "description", "image", "images")]

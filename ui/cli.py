@@ -145,7 +145,7 @@ def index(
         # On Ray the workers run the models on their own devices; the driver needs only ids and sizes.
         device = resolve_device("cpu") if on_ray else settings.torch_device()
         log.info("loading models on %s: %s, %s", device, clip_spec, text_spec)
-        models = build_models(clip_spec, text_spec, device, vocab)
+        models = build_models(clip_spec, text_spec, device, vocab, settings.encoder_options())
         # An existing index keeps its store; a new one gets the settings' (default: DATA_DIR/store).
         store_spec = manifest.store if manifest and "store" not in settings.model_fields_set else settings.store_spec()
         store = open_store(store_spec, api_key=settings.qdrant_api_key)
@@ -248,7 +248,7 @@ def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 
 
 # Command modules register themselves on ``app``; imported here so ``lookalike`` has them all.
-from . import cli_ask, cli_demo, cli_search, cli_serve, cli_vary  # noqa: E402,F401
+from . import cli_ask, cli_demo, cli_models, cli_search, cli_serve, cli_vary  # noqa: E402,F401
 
 
 def _configure_logging() -> None:

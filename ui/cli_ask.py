@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from indexer import ImageError, ImagePolicy
+from indexer import ImageError, ImagePolicy, forbid_downloads
 from indexer.images import load_image
 from search import FilterError, QueryError, parse_filters
 from vlm import Answer, AskError, VLMError, VLMSettings, ask_catalog, ask_images, vlm_from_settings
@@ -50,6 +50,7 @@ def ask(
     as_json: AsJson = False,
 ) -> None:
     """Ask a vision-language model (LOOKALIKE_VLM) about images, or about the catalog with --catalog."""
+    forbid_downloads()  # weights come from `lookalike models pull`, so a missing one fails at once
     with user_errors():
         if bool(image) == catalog:
             raise UserError("give one or more --image files to ask about, or --catalog to ask about the index")

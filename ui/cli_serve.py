@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from indexer import forbid_downloads
 from search import QueryError, SearchSettings
 
 from .cli import DataDir, UserError, app, user_errors
@@ -53,6 +54,7 @@ def run_server(data_dir: Path | None, host: str | None, port: int, ui: bool) -> 
     from search.api import app_from_settings
 
     overrides = {k: v for k, v in {"data_dir": data_dir, "host": host}.items() if v is not None}
+    forbid_downloads()  # a request never waits on the hub: `lookalike models pull` fetches weights beforehand
     with user_errors():
         try:
             if ui:

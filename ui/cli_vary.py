@@ -20,7 +20,7 @@ from generation import (
     make_generator,
     vary,
 )
-from indexer import ImageError, ImagePolicy, IndexManifest
+from indexer import ImageError, ImagePolicy, IndexManifest, forbid_downloads
 from indexer.images import is_url, load_image
 from search import QueryError, SearchEngine, SearchSettings
 
@@ -55,6 +55,7 @@ def vary_command(
     as_json: AsJson = False,
 ) -> None:
     """Make N variants of a product changed by TEXT, then find the real products that look like each."""
+    forbid_downloads()  # weights come from `lookalike models pull`, so a missing one fails at once
     with user_errors():
         overrides = {"data_dir": data_dir, "generator": generator}
         settings = GeneratorSettings(**{key: v for key, v in overrides.items() if v is not None})

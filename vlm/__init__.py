@@ -15,6 +15,7 @@ from .core import (
     VLMReply,
     VLMRequestError,
     VLMTimeout,
+    VLMWeightsMissing,
     fit_image,
 )
 from .factory import make_vlm, vlm_from_settings
@@ -39,6 +40,7 @@ __all__ = [
     "VLMReranker",
     "VLMSettings",
     "VLMTimeout",
+    "VLMWeightsMissing",
     "ask_catalog",
     "ask_images",
     "check_citations",

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from PIL import Image
 
+from indexer import WeightsMissing
 from search.limits import DailyBudget, LimitExceeded
 
 from .metrics import VLM_CACHE_HITS, VLM_CALLS, VLM_TOKENS
@@ -39,6 +40,10 @@ class VLMError(RuntimeError):
 
 class VLMNotConfigured(VLMError):
     """No VLM spec set, or a spec that cannot be parsed."""
+
+
+class VLMWeightsMissing(VLMError, WeightsMissing):
+    """A local VLM's weights are not on this machine (see ``lookalike models pull``)."""
 
 
 class VLMRequestError(VLMError):

@@ -16,8 +16,9 @@ from typing import Any
 from PIL import Image
 
 from indexer import Device
+from indexer.weights import downloads_forbidden, missing_labels, repo_source
 
-from .core import BaseVLM, Message, Usage, VLMError, VLMReply
+from .core import BaseVLM, Message, Usage, VLMError, VLMReply, VLMWeightsMissing
 from .settings import VLMSettings
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,11 @@ class HFVLM(BaseVLM):
     def __init__(self, spec: str, path: str, settings: VLMSettings, device: Device):
         super().__init__(spec, settings)
         self.path = path
+        self.weights = repo_source(path)
+        if downloads_forbidden() and missing_labels([self.weights]):
+            # Checked here, where the VLM is made, so a request that needs it fails at once (the API answers
+            # 503) rather than in the worker that would load it.
+            raise VLMWeightsMissing(spec, [path], setting="LOOKALIKE_VLM")
         self.device = device
         self.batch_size = settings.vlm_batch_size
         self._model: Any = None
@@ -45,6 +51,8 @@ class HFVLM(BaseVLM):
                 processor = AutoProcessor.from_pretrained(self.path)
                 model = AutoModelForImageTextToText.from_pretrained(self.path, dtype=self.device.dtype)
             except (OSError, ValueError, KeyError) as exc:
+                if missing_labels([self.weights]):
+                    raise VLMWeightsMissing(self.spec, [self.path], setting="LOOKALIKE_VLM") from None
                 raise VLMError(
                     f"cannot load {self.spec}: {exc}. Without network access, hf: needs a local folder "
                     "or a model already in the Hugging Face cache"

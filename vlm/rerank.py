@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from PIL import Image
 
-from indexer import ImageError, ImagePolicy, Settings
+from indexer import ImageError, ImagePolicy, Settings, WeightsMissing
 from indexer.images import load_image
 from search import Hit, Query, RerankError
 from search.rerank import retrieval_relevance
@@ -184,6 +184,8 @@ def vlm_reranker(settings: Settings, lookup: Lookup | None = None) -> Callable[[
                 )
                 try:
                     vlm = vlm_from_settings(vlm_settings, "--rerank vlm", vlm_settings.torch_device())
+                except WeightsMissing:
+                    raise  # not a bad query: the server lacks a model (the API answers 503)
                 except VLMError as exc:
                     raise RerankError(str(exc)) from None
                 made.append(VLMReranker(vlm, vlm_settings, lookup=lookup))

@@ -17,16 +17,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+HOLD_TIMEOUT_S = 30.0  # only ever reached by a test that is already failing: it then fails instead of hanging
+
 
 @dataclass
 class Scripted:
-    """One reply: assistant ``text`` with a status (and headers), or a raw ``body``, after ``delay_s``."""
+    """One reply: assistant ``text`` with a status (and headers), or a raw ``body``.
+
+    ``release``: the reply waits until the test sets this event, so a test decides when (and in which
+    order) replies arrive without relying on how fast anything runs. ``delay_s`` adds a fixed latency,
+    for benchmarks; tests synchronise with ``release`` and ``ScriptedChatServer.gather`` instead.
+    """
 
     text: str = "ok"
     status: int = 200
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
+    release: threading.Event | None = None
 
 
 Responder = Callable[[dict[str, Any]], Scripted]
@@ -35,8 +43,14 @@ Responder = Callable[[dict[str, Any]], Scripted]
 class ScriptedChatServer:
     """``POST /v1/chat/completions`` on 127.0.0.1. Replies come from ``script`` (in order), then ``responder``.
 
-    Every request body is kept in ``requests`` (its headers in ``headers``, its arrival time in
-    ``times``), so a test can count retries and look at what the client sent.
+    Every request body is kept in ``requests`` (its headers in ``headers``), so a test can count retries
+    and look at what the client sent. ``in_flight`` counts requests received and not yet answered,
+    ``max_in_flight`` its peak, ``replied`` the replies sent; ``wait_for_requests``, ``wait_for_in_flight``
+    and ``wait_for_replies`` block until those counts are reached. With ``gather = n`` every reply waits
+    until n requests are in flight at once, which proves a client sends them concurrently.
+
+    A reply still held when its hold times out (``HOLD_TIMEOUT_S``) becomes an HTTP 400 saying why, which
+    the client does not retry. ``reset`` releases every held reply and starts the counts again.
     """
 
     def __init__(self, responder: Responder | None = None, delay_s: float = 0.0):
@@ -45,8 +59,14 @@ class ScriptedChatServer:
         self.script: deque[Scripted] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self.times: list[float] = []
+        self.gather = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.replied = 0
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._generation = 0  # a request from before the last reset() no longer counts
+        self._held: list[threading.Event] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -61,6 +81,7 @@ class ScriptedChatServer:
         return self
 
     def stop(self) -> None:
+        self._release_held()
         if self._thread is not None:  # shutdown() waits for serve_forever, so only after start()
             self._server.shutdown()
             self._thread = None
@@ -73,20 +94,80 @@ class ScriptedChatServer:
         self.stop()
 
     def reset(self) -> None:
-        with self._lock:
+        self._release_held()
+        with self._changed:
+            self._generation += 1
             self.script.clear()
             self.requests.clear()
             self.headers.clear()
-            self.times.clear()
+            self.gather = 0
+            self.in_flight = self.max_in_flight = self.replied = 0
+            self._changed.notify_all()
 
-    def _next(self, body: dict[str, Any], headers: dict[str, str]) -> Scripted:
+    # -- waiting on the server ------------------------------------------------------------------
+
+    def wait_for_requests(self, n: int, timeout: float = HOLD_TIMEOUT_S) -> None:
+        self._wait_until(lambda: len(self.requests) >= n, f"{n} requests received", timeout)
+
+    def wait_for_in_flight(self, n: int, timeout: float = HOLD_TIMEOUT_S) -> None:
+        self._wait_until(lambda: self.in_flight >= n, f"{n} requests in flight at once", timeout)
+
+    def wait_for_replies(self, n: int, timeout: float = HOLD_TIMEOUT_S) -> None:
+        self._wait_until(lambda: self.replied >= n, f"{n} replies sent", timeout)
+
+    def _wait_until(self, predicate: Callable[[], bool], what: str, timeout: float) -> None:
+        with self._changed:
+            if not self._changed.wait_for(predicate, timeout):
+                raise AssertionError(
+                    f"scripted server: no {what} within {timeout:g}s ({len(self.requests)} received, "
+                    f"{self.in_flight} in flight, {self.replied} replied)"
+                )
+
+    # -- serving --------------------------------------------------------------------------------
+
+    def _release_held(self) -> None:
         with self._lock:
+            held, self._held = self._held, []
+        for event in held:
+            event.set()
+
+    def _next(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[Scripted, int]:
+        with self._changed:
+            generation = self._generation
             self.requests.append(body)
             self.headers.append(headers)
-            self.times.append(time.perf_counter())
-            if self.script:
-                return self.script.popleft()
-        return self.responder(body) if self.responder else Scripted(delay_s=self.delay_s)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._changed.notify_all()
+            reply = self.script.popleft() if self.script else None
+        if reply is None:
+            reply = self.responder(body) if self.responder else Scripted(delay_s=self.delay_s)
+        if reply.release is not None:
+            with self._lock:
+                self._held.append(reply.release)
+        return reply, generation
+
+    def _hold(self, reply: Scripted, generation: int) -> str | None:
+        """Wait until the reply may go; the reason it never may, if the hold times out."""
+        with self._changed:
+            n = self.gather
+            gathered = self._changed.wait_for(
+                lambda: generation != self._generation or self.max_in_flight >= n, HOLD_TIMEOUT_S
+            )
+            if not gathered:
+                return f"scripted server: only {self.max_in_flight} of {n} requests were ever in flight at once"
+        if reply.release is not None and not reply.release.wait(HOLD_TIMEOUT_S):
+            return f"scripted server: reply held for {HOLD_TIMEOUT_S:g}s and never released"
+        if reply.delay_s:
+            time.sleep(reply.delay_s)
+        return None
+
+    def _finish(self, generation: int) -> None:
+        with self._changed:
+            if generation == self._generation:
+                self.in_flight -= 1
+                self.replied += 1
+                self._changed.notify_all()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -105,16 +186,20 @@ class ScriptedChatServer:
                     body = {}
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     return self._send(404, json.dumps({"error": {"message": "not found"}}).encode(), {})
-                reply = server._next(body, {k.lower(): v for k, v in self.headers.items()})
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
-                if reply.body is not None:
-                    payload = reply.body
-                elif reply.status >= 400:
-                    payload = json.dumps({"error": {"message": reply.text, "type": "scripted"}}).encode()
-                else:
-                    payload = json.dumps(completion(body.get("model", "scripted"), reply.text, body)).encode()
-                self._send(reply.status, payload, reply.headers)
+                reply, generation = server._next(body, {k.lower(): v for k, v in self.headers.items()})
+                try:
+                    problem = server._hold(reply, generation)
+                    if problem is not None:
+                        reply = Scripted(problem, 400)
+                    if reply.body is not None:
+                        payload = reply.body
+                    elif reply.status >= 400:
+                        payload = json.dumps({"error": {"message": reply.text, "type": "scripted"}}).encode()
+                    else:
+                        payload = json.dumps(completion(body.get("model", "scripted"), reply.text, body)).encode()
+                    self._send(reply.status, payload, reply.headers)
+                finally:
+                    server._finish(generation)
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
                 try:
