@@ -93,7 +93,8 @@ def main() -> None:
                 f"round {r + 1}: {args.items} items, {args.arch}: local {local:.1f}s, ray ({cpus} CPUs) {on_ray:.1f}s "
                 f"= {on_ray / local:.2f}x the local engine's time"
             )
-        print(f"ray / local time, median of {args.rounds} rounds: {statistics.median(ratios):.2f}x")
+        if ratios:
+            print(f"ray / local time, median of {args.rounds} rounds: {statistics.median(ratios):.2f}x")
     ray.shutdown()
 
 
