@@ -42,23 +42,18 @@ def pause_jobs_at(monkeypatch, done: int) -> tuple[threading.Event, threading.Ev
     import search.jobs
 
     paused, resume = threading.Event(), threading.Event()
-    index_catalog = search.jobs.index_catalog
+    index_into = search.jobs.index_into
 
-    def pausing(*args, **kwargs):
-        if "progress" in kwargs:
-            progress = kwargs.pop("progress")
-        else:
-            *args, progress = args
-
+    def pausing(*args, progress, **kwargs):
         def progress_then_pause(n: int, total: int) -> None:
             progress(n, total)
             if n == done:
                 paused.set()
                 assert resume.wait(60), "the test never resumed the job"
 
-        return index_catalog(*args, progress_then_pause, **kwargs)
+        return index_into(*args, progress=progress_then_pause, **kwargs)
 
-    monkeypatch.setattr(search.jobs, "index_catalog", pausing)
+    monkeypatch.setattr(search.jobs, "index_into", pausing)
     return paused, resume
 
 
