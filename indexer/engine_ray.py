@@ -116,14 +116,7 @@ def connect(options: RayOptions) -> Any:
     except ImportError as exc:
         raise EngineError("the ray engine needs Ray: pip install 'lookalike[ray]'") from exc
     address = options.address
-    if address and address.startswith("ray://"):
-        raise EngineError(
-            f"--ray-address {address}: Ray Data cannot run through Ray Client (ray://). Run lookalike on a "
-            "node of the cluster with --ray-address auto or HOST:6379; `ray start --address=HOST:6379 "
-            "--num-cpus=0 --num-gpus=0` makes any machine such a node without giving the cluster its CPUs."
-        )
-    if address and address != "auto":
-        _check_answers(address, options.connect_timeout_s)
+    check_address(address, options.connect_timeout_s)
     if ray.is_initialized():
         return ray
     try:
@@ -135,8 +128,17 @@ def connect(options: RayOptions) -> Any:
     return ray
 
 
-def _check_answers(address: str, timeout_s: float) -> None:
-    # ray.init waits a long while on an address where nothing listens: fail fast with what to fix.
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Raise EngineError, saying what to do, unless something listens at a cluster ``address`` (none and
+    ``auto`` need no check). ray.init would wait a long while where nothing does."""
+    if not address or address == "auto":
+        return
+    if address.startswith("ray://"):
+        raise EngineError(
+            f"--ray-address {address}: Ray Data cannot run through Ray Client (ray://). Run lookalike on a "
+            "node of the cluster with --ray-address auto or HOST:6379; `ray start --address=HOST:6379 "
+            "--num-cpus=0 --num-gpus=0` makes any machine such a node without giving the cluster its CPUs."
+        )
     try:
         url = urlsplit(f"ray-gcs://{address}")
         host, port = url.hostname, url.port or 6379

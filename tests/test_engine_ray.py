@@ -161,6 +161,19 @@ def test_an_address_where_no_ray_answers_fails_within_seconds():
     assert time.monotonic() - started < 10
 
 
+def test_the_cli_names_an_unanswering_address_before_loading_any_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from ui.cli import app
+
+    catalog = make_catalog(tmp_path / "catalog", n=2)
+    started = time.monotonic()
+    args = ["index", str(catalog), "--data-dir", str(tmp_path / "data"), "--engine", "ray"]
+    result = CliRunner().invoke(app, [*args, "--ray-address", "127.0.0.1:9", "--model", "openclip:nowhere/none"])
+    assert result.exit_code == 2 and "no Ray cluster answers at 127.0.0.1:9" in result.stderr, result.output
+    assert time.monotonic() - started < 10
+
+
 class FakeRay:
     def __init__(self, gpus: float) -> None:
         self.gpus = gpus

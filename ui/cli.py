@@ -138,6 +138,10 @@ def index(
             **_engine_overrides(engine, workers, ray_address, gpus_per_worker),
         )
         on_ray = settings.engine == "ray"
+        if on_ray:
+            from indexer.engine_ray import check_address
+
+            check_address(settings.ray_address)  # before the models load: a wrong address fails at once
         manifest = IndexManifest.load(settings.data_dir)
         clip_spec, text_spec = resolve_models(settings, manifest)
         vocab = TagVocab.load(tags) if tags else (manifest.tag_vocab() if manifest else None)
