@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from .catalog import Catalog
 from .encoders import Device, looks_like_path, make_encoder
 from .images import ImagePolicy
+from .lexical import LexicalEncoder
 from .pipeline import IndexOptions, IndexReport, Models, ProgressFn, index_catalog
 from .settings import Settings
 from .store import VectorStore
@@ -143,6 +144,8 @@ def index_into(
         optimize_threshold=settings.optimize_threshold,
     )
     policy = ImagePolicy.from_settings(settings)
+    if models.lexical is not None and models.lexical.config != settings.lexical_config():
+        models = replace(models, lexical=LexicalEncoder(settings.lexical_config()))
     report = index_catalog(catalog, target.store, models, options, policy, errors_path, progress)
     manifest.last_run = {"catalog": str(catalog.path), **report.to_dict()}
     manifest.save(target.data_dir)

@@ -27,6 +27,7 @@ import torch
 from .catalog import Catalog, CatalogItem
 from .encoders import Encoder
 from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
+from .lexical import LEXICAL, LexicalEncoder, fill_lexical
 from .store import HASH_KEY, ID_KEY, Record, StoreSchema, VectorStore
 from .tags import Tagger
 
@@ -51,14 +52,17 @@ class Models:
     clip: Encoder
     text: Encoder
     tagger: Tagger | None = None
+    lexical: LexicalEncoder | None = field(default_factory=LexicalEncoder)
 
     def schema(self) -> StoreSchema:
         return StoreSchema(
             vectors={"image": self.clip.dim, "text": self.clip.dim, "semantic": self.text.dim},
             models={"image": self.clip.model_id, "text": self.clip.model_id, "semantic": self.text.model_id},
+            sparse={LEXICAL: self.lexical.model_id} if self.lexical else {},
         )
 
     def key(self) -> str:
+        # The lexical vector is left out: it is refilled from stored payloads, never by re-embedding.
         tags = self.tagger.vocab.digest() if self.tagger else "-"
         return f"{self.clip.model_id}|{self.text.model_id}|{tags}"
 
@@ -71,6 +75,7 @@ class IndexReport:
     unchanged: int = 0
     failed: int = 0
     pruned: int = 0
+    lexical_filled: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
     wait_seconds: float = 0.0
@@ -87,10 +92,11 @@ class IndexReport:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
+        filled = f", lexical vectors added to {self.lexical_filled} stored items" if self.lexical_filled else ""
         return (
             f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
             f"{self.failed} failed, {self.pruned} pruned in {self.seconds:.1f}s "
-            f"({self.images_per_s:.1f} images/s)"
+            f"({self.images_per_s:.1f} images/s){filled}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,6 +151,8 @@ def index_catalog(
         fields.update(models.tagger.vocab.fields())
     for key, kind in fields.items():
         store.ensure_payload_index(key, kind)
+    if models.lexical is not None:
+        report.lexical_filled = fill_lexical(store, models.lexical)
 
     stored = {r.payload[ID_KEY]: r.payload.get(HASH_KEY) for r in store.scroll(keys=[HASH_KEY])}
     models_key = models.key()
@@ -260,6 +268,9 @@ def _flush(
         )
         for r, iv, tv, sv, tag in zip(batch, image_vecs, text_vecs, semantic_vecs, tags, strict=True)
     ]
+    if models.lexical is not None:
+        for record in records:
+            record.vectors[LEXICAL] = models.lexical.document(record.payload)
     store.upsert(records)
     for r in batch:
         if r.item.id in stored:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .lexical import LexicalConfig
 
 if TYPE_CHECKING:
     from .encoders import Device
@@ -33,12 +35,26 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused (bombs).")
     url_timeout: float = Field(10.0, gt=0)
     allow_private_urls: bool = Field(False, description="Allow image URLs on private or loopback addresses.")
+    lexical_fields: Annotated[tuple[str, ...], NoDecode] = Field(
+        LexicalConfig().fields,
+        min_length=1,
+        description="Payload fields the lexical (BM25) channel reads, comma-separated; 'id' is the catalog id.",
+    )
+
+    @field_validator("lexical_fields", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # "title,brand" from the environment; lists as they are.
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
 
     @field_validator("store", "qdrant_api_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose and shells pass unset variables as "", which means "not set" here.
         return None if value == "" else value
+
+    def lexical_config(self) -> LexicalConfig:
+        return LexicalConfig(fields=self.lexical_fields)
 
     def store_spec(self) -> str:
         return self.store or f"edge:{self.data_dir / 'store'}"
