@@ -17,6 +17,11 @@ DEFAULT_CLIP = "openclip:ViT-B-32/laion2b_s34b_b79k"
 DEFAULT_TEXT = "st:all-MiniLM-L6-v2"
 
 
+def comma_separated(cls: type, value: object) -> object:
+    """A list setting given as "title,brand" (from the environment); lists stay as they are."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", env_file=".env", extra="ignore")
 
@@ -41,11 +46,7 @@ class Settings(BaseSettings):
         description="Payload fields the lexical (BM25) channel reads, comma-separated; 'id' is the catalog id.",
     )
 
-    @field_validator("lexical_fields", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: object) -> object:
-        # "title,brand" from the environment; lists as they are.
-        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+    _lexical = field_validator("lexical_fields", mode="before")(comma_separated)
 
     @field_validator("store", "qdrant_api_key", mode="before")
     @classmethod

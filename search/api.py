@@ -75,6 +75,12 @@ class SearchResponse(BaseModel):
     hits: list[HitOut]
     took_ms: float
     kind: Literal["text", "image", "composed"]
+    understood: dict[str, Any] | None = Field(
+        None,
+        description='What the words were read as: "summary" ("price < 50; brand = Kestrel"), the words '
+        "searched, price, facets, codes, notes, and fell_back when the understood filters left nothing. "
+        "Send literal=true to search the words as typed.",
+    )
 
 
 class ItemOut(BaseModel):
@@ -313,10 +319,11 @@ def _run_search(engine: SearchEngine, req: SearchRequest, upload: bytes | None, 
             raise ApiError(400, "image_url must be an http(s) URL; to send a file, upload it", "image_url")
         image, _ = load_image(req.image_url, policy)
     query = req.to_query(engine.fields, image)
-    return _response(engine.search(query), query.kind, started)
+    result = engine.run(query)
+    return _response(result.hits, query.kind, started, result.described())
 
 
-def _response(hits: list[Hit], kind: str, started: float) -> SearchResponse:
+def _response(hits: list[Hit], kind: str, started: float, understood: dict[str, Any] | None = None) -> SearchResponse:
     return SearchResponse(
         hits=[
             HitOut(
@@ -331,6 +338,7 @@ def _response(hits: list[Hit], kind: str, started: float) -> SearchResponse:
         ],
         took_ms=round((time.perf_counter() - started) * 1000, 2),
         kind=kind,  # type: ignore[arg-type]
+        understood=understood,
     )
 
 

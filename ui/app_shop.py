@@ -74,6 +74,15 @@ def explain_markdown(expl: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def understood_markdown(described: dict[str, Any] | None) -> str:
+    """ "Understood: **price < 50; brand = Kestrel**." plus notes, for the line above the results."""
+    if not described:
+        return ""
+    parts = [f"Understood: **{html.escape(described['summary'])}**." if described["summary"] else ""]
+    parts += [html.escape(n[:1].upper() + n[1:]) + "." for n in described["notes"]]
+    return " ".join(p for p in parts if p)
+
+
 def narrowed_by(query: Query) -> str:
     """ ", filtered by colour: red or blue, price 10–20, without “striped”": what narrowed a search, for its status."""
     parts = []
@@ -165,6 +174,7 @@ def build_shop_tab(services: Services) -> ShopView:
                 rerank = gr.Radio(["none", "clip", "vlm"], value="none", label="Re-rank", info=vlm_note or None)
                 k = gr.Slider(4, s.max_k, value=min(s.ui_page_size, s.max_k), step=1, label="Results")
     status = gr.Markdown(EMPTY_HINT, elem_id="shop-status", elem_classes="lk-status")
+    literal = gr.Button("Search the words as typed instead", visible=False, elem_id="shop-literal", size="sm")
     with gr.Column(visible=False, elem_id="shop-details") as details:
         with gr.Row(equal_height=False):
             detail_image = gr.Image(show_label=False, interactive=False, height=260, min_width=200, buttons=[])
@@ -182,7 +192,7 @@ def build_shop_tab(services: Services) -> ShopView:
     hits = gr.JSON(visible=False)
     selected = gr.Textbox(visible=False, label="Item id")
 
-    def show(found: list[Hit], what: str) -> tuple[Any, ...]:
+    def show(found: list[Hit], what: str, described: dict[str, Any] | None = None) -> tuple[Any, ...]:
         thumbs = services.thumbs.many([h.payload.get("image") for h in found], s.ui_thumb_px)
         rows = [
             {
@@ -203,14 +213,20 @@ def build_shop_tab(services: Services) -> ShopView:
                 "*Not…* box, or searching with a photo."
             )
         gallery_items = [(t, caption(h)) for t, h in zip(thumbs, found, strict=True)]
-        return gallery_items, text, rows, gr.Column(visible=False)
+        understood = understood_markdown(described)
+        text = f"{understood}\n\n{text}" if understood else text
+        # The way back to the words as typed, whenever they were read as more than words.
+        as_typed = bool(described and (described["summary"] or described.get("fell_back")))
+        return gallery_items, text, rows, gr.Column(visible=False), gr.Button(visible=as_typed)
 
     def run(query_: Query, what: str) -> tuple[Any, ...]:
         if engine.store.schema() is None or not engine.store.count():
-            return [], "The index is empty: upload a catalog in the **Catalog** tab, then search here.", [], gr.skip()
+            empty = "The index is empty: upload a catalog in the **Catalog** tab, then search here."
+            return [], empty, [], gr.skip(), gr.Button(visible=False)
         if query_.rerank == "vlm" and not services.vlm_settings.vlm:
             raise VLMNotConfigured(not_configured("Re-ranking with a VLM"))
-        return show(engine.search(query_), what + narrowed_by(query_))
+        result = engine.run(query_)
+        return show(result.hits, what + narrowed_by(query_), result.described())
 
     def search(
         text: str,
@@ -222,10 +238,11 @@ def build_shop_tab(services: Services) -> ShopView:
         price_max: float | None,
         rerank: str,
         k: float,
+        literal: bool = False,
     ) -> tuple[Any, ...]:
         text = (text or "").strip()
         if not text and not image:
-            return [], EMPTY_HINT, [], gr.skip()
+            return [], EMPTY_HINT, [], gr.skip(), gr.Button(visible=False)
         img = decode_upload(Path(image).read_bytes(), services.query_policy()) if image else None
         quoted = f"“{html.escape(text)}”"
         what = f"your photo + {quoted}" if img is not None and text else ("your photo" if img is not None else quoted)
@@ -236,8 +253,9 @@ def build_shop_tab(services: Services) -> ShopView:
             weights={"image": w, "text": 1 - w},
             k=int(k),
             rerank=rerank or "none",
+            literal=literal,
         ).to_query(engine.fields, img, services.facets.get().filter(filters, price_min, price_max))
-        return run(q, what)
+        return run(q, what + (" as typed" if literal else ""))
 
     def like(
         item_id: str,
@@ -282,7 +300,7 @@ def build_shop_tab(services: Services) -> ShopView:
         return gr.Markdown(explain_markdown(row["explanation"]), visible=True)
 
     filters_in = [filters, price_min, price_max, rerank, k]
-    results = [gallery, status, hits, details]
+    results = [gallery, status, hits, details, literal]
     gr.on(
         # Changing a filter re-runs the search at once, so shoppers see it narrow.
         [go.click, query.submit, image.upload, filters.input, price_min.release, price_max.release],
@@ -290,6 +308,18 @@ def build_shop_tab(services: Services) -> ShopView:
         inputs=[query, image, negative, weight, *filters_in],
         outputs=results,
         api_name="search",
+        concurrency_id="search",
+        scroll_to_output=True,
+    )
+
+    def search_as_typed(*args: Any) -> tuple[Any, ...]:
+        return search(*args, literal=True)
+
+    literal.click(
+        friendly(search_as_typed),
+        inputs=[query, image, negative, weight, *filters_in],
+        outputs=results,
+        api_name="search_as_typed",
         concurrency_id="search",
         scroll_to_output=True,
     )
@@ -334,8 +364,8 @@ def build_shop_tab(services: Services) -> ShopView:
         friendly(why), inputs=[selected, hits], outputs=[explanation], api_visibility="private", concurrency_limit=None
     )
     clear.click(
-        lambda: ("", None, "", [], [], EMPTY_HINT, [], gr.Column(visible=False)),
-        outputs=[query, image, negative, filters, gallery, status, hits, details],
+        lambda: ("", None, "", [], [], EMPTY_HINT, [], gr.Column(visible=False), gr.Button(visible=False)),
+        outputs=[query, image, negative, filters, gallery, status, hits, details, literal],
         api_visibility="private",
         queue=False,
     )

@@ -57,7 +57,12 @@ def search(
     rerank: Annotated[str, typer.Option("--rerank", help="none | clip | vlm")] = "none",
     fusion: Annotated[str | None, typer.Option("--fusion", help="rrf | dbsf | sum | calibrated")] = None,
     no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Keep near-identical items.")] = False,
-    explain: Annotated[bool, typer.Option("--explain", help="Show per-channel scores.")] = False,
+    literal: Annotated[
+        bool, typer.Option("--literal", help="Search the words as typed: no price words, facets or codes read.")
+    ] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show per-channel scores and what was understood.")
+    ] = False,
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
@@ -81,18 +86,41 @@ def search(
                 rerank=rerank,
                 dedup=not no_dedup,
                 fusion=fusion,
+                literal=literal,
             ).to_query(engine.fields, query_image)
-            hits = engine.search(query)
+            result = engine.run(query)
+            hits = result.hits
         except (QueryError, FilterError, ImageError) as exc:
             raise UserError(str(exc)) from None
         except ValidationError as exc:
             raise UserError(invalid_input(exc)) from None
         finally:
             engine.close()
+        described = result.described()
         text_out = format_hits(hits)
         if explain:
+            text_out = understood_lines(described) + text_out
             text_out += "\n\n" + "\n".join(f"{h.id}: {json.dumps(h.explanation)}" for h in hits)
-        emit([h.to_dict() for h in hits], as_json, text_out)
+        elif described and (described["notes"] or described.get("fell_back")):
+            text_out = "\n".join(f"note: {n}" for n in described["notes"]) + "\n" + text_out
+        # Each hit carries what its search understood, so --json stays a list of hits.
+        rows = [h.to_dict() for h in hits]
+        if described:
+            rows = [{**r, "explanation": {**r["explanation"], "understood": described}} for r in rows]
+        emit(rows, as_json, text_out)
+
+
+def understood_lines(described: dict | None) -> str:
+    """ "understood: price < 50; brand = Kestrel (searched “sneakers”)" and any notes, for --explain."""
+    if not described:
+        return ""
+    lines = []
+    if described["summary"]:
+        lines.append(f"understood: {described['summary']} (searched “{described['searched']}”; --literal: as typed)")
+    if described.get("codes"):
+        lines.append("looked up as codes: " + ", ".join(described["codes"]))
+    lines += [f"note: {n}" for n in described["notes"]]
+    return "\n".join(lines) + "\n\n" if lines else ""
 
 
 @app.command("eval")
