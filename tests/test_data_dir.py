@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import make_catalog
 from typer.testing import CliRunner
 
-from conftest import make_catalog
 from indexer import IndexManifest
 from ui.cli import app
 

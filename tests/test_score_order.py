@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from conftest import PALETTE, make_catalog
 from PIL import Image
 
-from conftest import PALETTE, make_catalog
 from indexer import ImagePolicy, IndexOptions, Models, Tagger, TagVocab, index_catalog, open_store, read_catalog
 from search import Query, SearchEngine, SearchSettings
 
