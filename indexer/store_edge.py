@@ -318,11 +318,13 @@ class EdgeStore(SingleSearch):
             with_vector=False,
         )
         union = self._call(shard.query, first)
+        if not union:
+            return {n: [] for n in names}
         # A hit makes a new uuid.UUID each time its id is read, and UUIDs hash in Python: each id is
         # read once, and the lists are keyed by its int.
         uuids = [h.id for h in union]
         lists = [[(u.int, h.score, None) for u, h in zip(uuids, union, strict=True)]]
-        if len(names) > 1 and union:
+        if len(names) > 1:
             # Then the same points, by point id, scored exactly on the other vectors.
             among = qe.Filter(must=[qe.HasIdCondition(set(uuids))])
             rest = [

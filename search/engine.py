@@ -37,7 +37,7 @@ from .composed import (
 )
 from .fusion import FusedHit, fuse, mmr_dedup, penalise
 from .index_calibration import CALIBRATION_FILE, load_or_fit_calibration, sample_records
-from .lexical import ABSENT, LexicalSide, boost_facets, promote_codes, relative_scores
+from .lexical import ABSENT, CODE_MATCH, LexicalSide, boost_facets, promote_codes, relative_scores
 from .query import Hit, Query, QueryError, SearchResult, SearchSettings
 from .rerank import ClipReranker, NoReranker, Reranker, RerankerFactory, RerankError, rerank_with_budget
 from .understand import QueryParser, Understood, understand
@@ -407,9 +407,9 @@ class SearchEngine:
             head = hits[:size]
             if len(head) < 2:
                 return hits
-            dedup = mmr_dedup(
-                [h.id for h in head], np.stack([h.vectors["image"] for h in head]), self.settings.dedup_threshold
-            )
+            named = [i for i, h in enumerate(head) if h.explanation.get("ranked_by") == CODE_MATCH]
+            vectors = np.stack([h.vectors["image"] for h in head])
+            dedup = mmr_dedup([h.id for h in head], vectors, self.settings.dedup_threshold, keep=named)
             if len(dedup.kept) >= need or size >= len(hits):
                 break
             size *= 2
@@ -430,6 +430,11 @@ class SearchEngine:
     def _check(self, query: Query) -> None:
         if not (query.text and query.text.strip()) and query.image is None and query.like is None:
             raise QueryError("empty query: give text, an image, or an item id to search like")
+        if query.kind == "text" and not self.lexical.searchable(query.text or ""):
+            raise QueryError(
+                f"nothing to search for in “{query.text.strip()[:80]}”: it holds only stopwords and punctuation; "
+                "give other words, a product code, or a photo"
+            )
         if query.image is not None and query.like is not None:
             raise QueryError("give either an image or an item id (like), not both")
         if not 1 <= query.k <= self.settings.max_k:

@@ -29,8 +29,10 @@ from .understand import MAX_FACET_VALUES, FacetMatch, Vocabulary
 
 log = logging.getLogger(__name__)
 
+CODE_MATCH = "code match"
 ABSENT = "the index has no lexical channel (it was built before it): re-run `lookalike index` to add it"
 _NUMERIC = ("integer", "float")
+_DEFAULT_ENCODER = LexicalEncoder()  # tells stopwords from words when the index has no lexical channel
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def promote_codes(hits: Sequence[Hit], matches: Sequence[CodeMatch]) -> list[Hit
         before = found.get(m.id)
         explanation = {
             **(before.explanation if before else {"query": "text"}),
-            "ranked_by": "code match",
+            "ranked_by": CODE_MATCH,
             "code": {"field": m.field, "value": m.value, "products": len(ordered)},
         }
         score = base + 1.0 + min(max(m.similarity, 0.0), 1.0)
@@ -105,6 +107,11 @@ class LexicalSide:
                 return None
             self._encoder, self._encoder_id = encoder, model_id
         return self._encoder
+
+    def searchable(self, text: str) -> bool:
+        """Whether ``text`` holds a word to search for: not only stopwords and punctuation."""
+        encoder = self.encoder() or _DEFAULT_ENCODER
+        return any(c.isalnum() for c in text) and bool(encoder.query(text))
 
     def query_vector(self, text: str) -> SparseVector | None:
         encoder = self.encoder()

@@ -147,3 +147,10 @@ def test_facet_counts_keyword_values(backend):
     s = filled(backend)
     assert s.facet("brand", 10) == {"Kestrel": 3, "Northwind": 2, "Solstice": 2, "Maple Lane": 1}
     assert len(s.facet("brand", 2)) == 2
+
+
+def test_a_union_its_filter_leaves_empty_has_an_empty_list_per_vector(backend):
+    s = filled(backend)
+    nobody = Filter(must=(Condition("brand", "eq", "Nobody"),))
+    got = s.search_union({"image": image_vec(0), "text": text_vec(0), LEXICAL: ENCODER.query("red")}, 5, nobody)
+    assert got == {"image": [], "text": [], LEXICAL: []}
