@@ -317,11 +317,11 @@ def singular(word: str) -> str:
 
 
 def read_facets(text: str, vocabulary: Vocabulary) -> tuple[tuple[FacetMatch, ...], tuple[str, ...]]:
-    """Facet values named in ``text``: longest phrases first, each word used once; values of one
-    field are alternatives. A phrase that names values of two fields is left to the words."""
+    """Facet values named in ``text``, in the order typed: longest phrases first, each word used once;
+    values of one field are alternatives. A phrase that names values of two fields is left to the words."""
     words = words_of(text)
     taken = [False] * len(words)
-    by_field: dict[str, tuple[list[str], list[str]]] = {}
+    found_at: list[tuple[int, str, str, str]] = []  # (position, field, value, words)
     notes = []
     for size in range(min(vocabulary.longest, len(words)), 0, -1):
         for start in range(len(words) - size + 1):
@@ -331,16 +331,20 @@ def read_facets(text: str, vocabulary: Vocabulary) -> tuple[tuple[FacetMatch, ..
             found = vocabulary.phrases.get(phrase)
             if not found:
                 continue
-            for i in range(start, start + size):
-                taken[i] = True
-            fields = {name for name, _ in found}
+            taken[start : start + size] = [True] * size
+            fields = sorted({name for name, _ in found})
             if len(fields) > 1:
-                notes.append(f"“{' '.join(phrase)}” names a value of {' and '.join(sorted(fields))}: searched as words")
+                notes.append(f"“{' '.join(phrase)}” names a value of {' and '.join(fields)}: searched as words")
                 continue
-            values, typed = by_field.setdefault(found[0][0], ([], []))
-            values.extend(v for _, v in found if v not in values)
-            typed.append(" ".join(phrase))
-    matches = tuple(FacetMatch(name, tuple(values), tuple(typed)) for name, (values, typed) in by_field.items())
+            found_at += [(start, name, value, " ".join(phrase)) for name, value in found]
+    by_field: dict[str, tuple[list[str], list[str]]] = {}
+    for _, name, value, typed in sorted(found_at):
+        values, words_typed = by_field.setdefault(name, ([], []))
+        if value not in values:
+            values.append(value)
+        if typed not in words_typed:
+            words_typed.append(typed)
+    matches = tuple(FacetMatch(name, tuple(v), tuple(t)) for name, (v, t) in by_field.items())
     return matches, tuple(notes)
 
 

@@ -134,7 +134,7 @@ def evaluate(
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
-    """Measure P@10, R@10, nDCG@10 and MRR per query type, and zero-shot tagging accuracy."""
+    """Measure P@10 (and over the best possible), R@10, nDCG@10 and MRR per query type, and tagging accuracy."""
     from tqdm import tqdm
 
     from search.evaluate import (
@@ -146,6 +146,7 @@ def evaluate(
         tagging_accuracy,
         upload_queries,
     )
+    from search.evaluate_shopper import shopper_queries
 
     with user_errors():
         engine = open_engine(data_dir)
@@ -160,6 +161,7 @@ def evaluate(
                 todo = attribute_queries(items, per_type=per_type)
                 todo += upload_queries(todo, items, ImagePolicy.from_settings(engine.settings))
                 todo += fusion_queries(todo, ("rrf", "dbsf", "sum", "calibrated"))
+                todo += shopper_queries(items, per_type=per_type)
                 if not todo:
                     raise UserError(
                         "the catalog has no category/colour payloads to generate queries from: pass --queries FILE"
