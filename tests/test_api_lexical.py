@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 from test_api import running_server
-from test_lexical_search import POLICY, shop_catalog
+from test_lexical_search import POLICY, shop_catalog, without_price
 from typer.testing import CliRunner
 
 from indexer import IndexOptions, Models, index_catalog, open_store, read_catalog
@@ -100,14 +100,7 @@ def test_weights_take_the_lexical_channel(client):
 
 
 def test_an_old_index_without_price_or_lexical_channel_answers_with_notes(tmp_path, models):
-    store = open_store(f"edge:{tmp_path / 'data' / 'store'}")
-    catalog = read_catalog(shop_catalog(tmp_path / "catalog", n=12))
-    for item in catalog.items:
-        item.payload.pop("price")
-    catalog.fields.pop("price")
-    old = Models(models.clip, models.text, lexical=None)
-    index_catalog(catalog, store, old, IndexOptions(batch_size=16), POLICY, tmp_path / "errors.jsonl")
-    engine = SearchEngine(SearchSettings(data_dir=tmp_path / "data", device="cpu"), store=store, models=models)
+    engine = without_price(tmp_path, Models(models.clip, models.text, lexical=None))
     with running_server(create_app(engine, JobRunner(engine))) as base:
         body = httpx.post(f"{base}/search", json={"text": "bag under 20", "k": 3}, timeout=30).json()
     engine.close()

@@ -153,14 +153,19 @@ def test_facet_boost_ranks_matches_first_without_dropping_the_rest(tmp_path, mod
         eng.close()
 
 
-def test_an_index_without_a_price_field_says_so(tmp_path, models):
-    store = open_store(f"edge:{tmp_path / 'data' / 'store'}")
-    catalog = read_catalog(shop_catalog(tmp_path / "catalog", n=12))
+def without_price(root: Path, models: Models) -> SearchEngine:
+    """An engine over 12 items that have no price field, indexed with ``models``."""
+    store = open_store(f"edge:{root / 'data' / 'store'}")
+    catalog = read_catalog(shop_catalog(root / "catalog", n=12))
     for item in catalog.items:
         item.payload.pop("price")
     catalog.fields.pop("price")
-    index_catalog(catalog, store, models, IndexOptions(batch_size=16), POLICY, tmp_path / "errors.jsonl")
-    eng = SearchEngine(SearchSettings(data_dir=tmp_path / "data", device="cpu"), store=store, models=models)
+    index_catalog(catalog, store, models, IndexOptions(batch_size=16), POLICY, root / "errors.jsonl")
+    return SearchEngine(SearchSettings(data_dir=root / "data", device="cpu"), store=store, models=models)
+
+
+def test_an_index_without_a_price_field_says_so(tmp_path, models):
+    eng = without_price(tmp_path, models)
     try:
         result = eng.run(Query(text="bag under 20", k=3))
         assert result.understood.notes == ("this index has no price field: “under 20” searched as words",)
