@@ -43,6 +43,7 @@ from .filters import FilterError, parse_filters
 from .jobs import Job, JobConflict, JobRunner, ServerPathError, resolve_server_path
 from .query import Hit, QueryError, SearchInput, SearchSettings
 from .rerank import RerankerFactory
+from .understand import QueryParser
 
 log = logging.getLogger(__name__)
 
@@ -288,17 +289,22 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
     return app
 
 
-def app_from_settings(settings: SearchSettings, rerankers: dict[str, RerankerFactory] | None = None) -> FastAPI:
+def app_from_settings(
+    settings: SearchSettings,
+    rerankers: dict[str, RerankerFactory] | None = None,
+    parsers: dict[str, QueryParser] | None = None,
+) -> FastAPI:
     """The API over the index in ``settings.data_dir``; a new data dir gets the settings' default models.
 
-    ``rerankers`` adds re-rankers by name (e.g. ``{"vlm": ...}`` from the vlm package) to the engine."""
+    ``rerankers`` and ``parsers`` add re-rankers and query parsers by name (e.g. ``{"vlm": ...}`` from the
+    vlm package) to the engine."""
     if IndexManifest.load(settings.data_dir) is not None:
-        engine = SearchEngine(settings, rerankers=rerankers)
+        engine = SearchEngine(settings, rerankers=rerankers, parsers=parsers)
     else:
         log.info("no index in %s yet: loading %s and %s", settings.data_dir, settings.clip_model, settings.text_model)
         models = build_models(settings.clip_model, settings.text_model, settings.torch_device())
         store = open_store(settings.store_spec(), api_key=settings.qdrant_api_key)
-        engine = SearchEngine(settings, store=store, models=models, rerankers=rerankers)
+        engine = SearchEngine(settings, store=store, models=models, rerankers=rerankers, parsers=parsers)
     return create_app(engine, JobRunner(engine), close_on_shutdown=True)
 
 

@@ -135,10 +135,12 @@ class SearchEngine:
         """What a text query's words mean in this index (None: searched as typed, by asking or setting)."""
         if query.literal or query.kind != "text" or self.settings.query_parser == "off":
             return None
+        vocabulary = self.lexical.vocabulary(self.fields)
         parser = self._parsers.get(self.settings.query_parser)
         if parser is None:
-            raise QueryError(f"query parser {self.settings.query_parser!r} is not available here; use rules or off")
-        return parser(query.text or "", self.lexical.vocabulary(self.fields))
+            missing = f"query parser {self.settings.query_parser!r} is not available here: read by the rules"
+            return understand(query.text or "", vocabulary).with_note(missing)
+        return parser(query.text or "", vocabulary)
 
     def _search(
         self, query: Query, understood: Understood | None = None, code_filter: Filter | None = None

@@ -127,6 +127,14 @@ class Vocabulary:
     def longest(self) -> int:
         return max((len(p) for p in self.phrases), default=0)
 
+    def values(self) -> dict[str, list[str]]:
+        """Each facet field's values, as stored, sorted."""
+        out: dict[str, set[str]] = {}
+        for found in self.phrases.values():
+            for name, value in found:
+                out.setdefault(name, set()).add(value)
+        return {name: sorted(vals) for name, vals in out.items()}
+
 
 @dataclass(frozen=True)
 class FacetMatch:

@@ -109,3 +109,21 @@ def make_catalog(root: Path, n: int = 12, fmt: str = "jsonl") -> Path:
 @pytest.fixture
 def catalog_path(tmp_path) -> Path:
     return make_catalog(tmp_path / "catalog")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A scripted OpenAI-compatible chat server on 127.0.0.1 (see support/vlm_doubles.py), one per module."""
+    from support.vlm_doubles import ScriptedChatServer
+
+    with ScriptedChatServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def chat(server):
+    """The module's chat server with its script, requests, responder and delay cleared."""
+    server.reset()
+    server.responder = None
+    server.delay_s = 0.0
+    return server

@@ -32,11 +32,12 @@ def shop_catalog(root: Path, n: int = N) -> Path:
     return path
 
 
-def build(root: Path, models: Models, **settings) -> SearchEngine:
+def build(root: Path, models: Models, parsers=None, **settings) -> SearchEngine:
     store = open_store(f"edge:{root / 'data' / 'store'}")
     catalog = read_catalog(shop_catalog(root / "catalog"))
     index_catalog(catalog, store, models, IndexOptions(batch_size=16), POLICY, root / "errors.jsonl")
-    return SearchEngine(SearchSettings(data_dir=root / "data", device="cpu", **settings), store=store, models=models)
+    settings = SearchSettings(data_dir=root / "data", device="cpu", **settings)
+    return SearchEngine(settings, store=store, models=models, parsers=parsers)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from support.vlm_doubles import Scripted, ScriptedChatServer, request_images, request_texts
+from support.vlm_doubles import Scripted, request_images, request_texts
 from typer.testing import CliRunner
 
 from indexer import ImagePolicy, IndexManifest, IndexOptions, index_catalog, open_store, read_catalog
@@ -16,19 +16,6 @@ from search import Query, QueryError, SearchEngine, SearchSettings, parse_filter
 from vlm import AskError, TooManyImages, VLMSettings, ask_catalog, make_vlm, vlm_reranker
 
 PRODUCT_LINE = re.compile(r"^\[([^\]]+)\] ", re.M)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with ScriptedChatServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def chat(server):
-    server.reset()
-    server.responder = None
-    return server
 
 
 @pytest.fixture(scope="module")

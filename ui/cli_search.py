@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from indexer import ImageError, ImagePolicy
 from indexer.images import load_image
 from search import FilterError, QueryError, SearchEngine, SearchInput, SearchSettings, invalid_input
-from vlm import vlm_reranker
+from vlm import vlm_query_parser, vlm_reranker
 
 from .cli import AsJson, DataDir, Quiet, UserError, app, emit, user_errors
 
@@ -21,7 +21,11 @@ def open_engine(data_dir: Path | None) -> SearchEngine:
     settings = SearchSettings(**({"data_dir": data_dir} if data_dir else {}))
     try:
         # The VLM is made on the first --rerank vlm query; "like" queries show it the reference item.
-        engine = SearchEngine(settings, rerankers={"vlm": vlm_reranker(settings, lookup=lambda i: engine.get(i))})
+        engine = SearchEngine(
+            settings,
+            rerankers={"vlm": vlm_reranker(settings, lookup=lambda i: engine.get(i))},
+            parsers={"vlm": vlm_query_parser(settings)},
+        )
         return engine
     except QueryError as exc:
         raise UserError(str(exc)) from None

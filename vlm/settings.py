@@ -42,6 +42,10 @@ class VLMSettings(Settings):
     vlm_rerank_weight: float = Field(0.5, ge=0, le=1, description="Share of the VLM score in the blended score.")
     vlm_rerank_chunk: int = Field(8, ge=1, le=64, description="Candidates judged per VLM request.")
     vlm_rerank_max_tokens: int = Field(400, ge=16, le=8192)
+    vlm_parse_budget_s: float = Field(
+        3.0, gt=0, description="Wall-clock budget of reading one query with the VLM (LOOKALIKE_QUERY_PARSER=vlm)."
+    )
+    vlm_parse_max_tokens: int = Field(300, ge=16, le=4096)
 
     @field_validator("vlm", "vlm_api_key", mode="before")
     @classmethod
