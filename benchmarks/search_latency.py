@@ -156,6 +156,25 @@ def measure_lexical(engines: dict[str, SearchEngine], timed: TimedStore, n_queri
     return {name: (percentiles(store_times[name]), percentiles(total_times[name])) for name in engines}
 
 
+def text_engines(data_dir: Path, store: TimedStore, models) -> dict[str, SearchEngine]:
+    """One engine per way of running a text query (TEXT_WAYS), over the same store and models."""
+    options = ({"lexical_weight": 0, "query_parser": "off"}, {"query_parser": "off"}, {})
+    engines = {
+        way: SearchEngine(SearchSettings(data_dir=data_dir, **o), store=store, models=models)
+        for way, o in zip(TEXT_WAYS, options, strict=True)
+    }
+    for engine in engines.values():
+        engine.calibration()  # fitted once per index and cached; not part of a query
+    return engines
+
+
+def print_ways(ways: dict[str, tuple], n: int) -> None:
+    base = ways["lexical off"][1][1]
+    print(f"\ntext queries on the edge store, {n:,} items: {'store':>15} {'end to end':>15} {'p95 ratio':>10}")
+    for way, (st, ee) in ways.items():
+        print(f"  {way:<22} {st[0]:6.1f} / {st[1]:6.1f} {ee[0]:6.1f} / {ee[1]:6.1f} {ee[1] / base:9.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -189,16 +208,7 @@ def main() -> None:
                 nq = args.queries if name == "edge" else args.local_queries
                 timed = TimedStore(store)
                 (Path(tmp) / name).mkdir()
-                engines = {
-                    way: SearchEngine(SearchSettings(data_dir=Path(tmp) / name, **options), store=timed, models=models)
-                    for way, options in zip(
-                        TEXT_WAYS,
-                        ({"lexical_weight": 0, "query_parser": "off"}, {"query_parser": "off"}, {}),
-                        strict=True,
-                    )
-                }
-                for engine in engines.values():
-                    engine.calibration()  # fitted once per index and cached; not part of a query
+                engines = text_engines(Path(tmp) / name, timed, models)
                 measured = measure(engines["lexical off"], timed, nq)
                 results[name] = ({k: v[0] for k, v in measured.items()}, {k: v[1] for k, v in measured.items()}, load)
                 if name == "edge":
@@ -218,10 +228,7 @@ def main() -> None:
                 else:
                     rest = f"{'-':>15} {'-':>10}", f"{'-':>15}"
                 print(f"{kind:<10} {es[0]:6.1f} / {es[1]:6.1f} {rest[0]} {ee[0]:6.1f} / {ee[1]:6.1f} {rest[1]}")
-            base = ways["lexical off"][1][1]
-            print(f"\ntext queries on the edge store, {n:,} items: {'store':>15} {'end to end':>15} {'p95 ratio':>10}")
-            for way, (st, ee) in ways.items():
-                print(f"  {way:<22} {st[0]:6.1f} / {st[1]:6.1f} {ee[0]:6.1f} / {ee[1]:6.1f} {ee[1] / base:9.2f}x")
+            print_ways(ways, n)
             for store in stores.values():
                 store.close()
 

@@ -24,6 +24,7 @@ CHANNEL_NAMES = {
     "text": "title and description (CLIP)",
     "semantic": "meaning of the text (MiniLM)",
     "modifier": "the change asked for (CLIP)",
+    "lexical": "the words themselves (BM25)",
 }
 EMPTY_HINT = (
     "Type what you are looking for, drop a photo, or both: a photo plus *in blue* finds things like the photo, "
@@ -58,6 +59,11 @@ def explain_markdown(expl: dict[str, Any]) -> str:
     for name, ch in (expl.get("channels") or {}).items():
         cells = [ch.get("raw", ""), ch.get("calibrated", ""), ch.get("weight", "–"), ch.get("rank") or "–"]
         lines.append(f"| {CHANNEL_NAMES.get(name, name)} | " + " | ".join(str(c) for c in cells) + " |")
+    if code := expl.get("code"):
+        lines += [
+            "",
+            f"Put first: its {html.escape(code['field'])} is “{html.escape(str(code['value']))}”, a code in the search",
+        ]
     if expl.get("parts"):
         lines += ["", "Composed score parts: " + ", ".join(f"{k} {v}" for k, v in expl["parts"].items())]
     if expl.get("attribute"):

@@ -93,25 +93,30 @@ def search(
                 literal=literal,
             ).to_query(engine.fields, query_image)
             result = engine.run(query)
-            hits = result.hits
         except (QueryError, FilterError, ImageError) as exc:
             raise UserError(str(exc)) from None
         except ValidationError as exc:
             raise UserError(invalid_input(exc)) from None
         finally:
             engine.close()
-        described = result.described()
-        text_out = format_hits(hits)
-        if explain:
-            text_out = understood_lines(described) + text_out
-            text_out += "\n\n" + "\n".join(f"{h.id}: {json.dumps(h.explanation)}" for h in hits)
-        elif described and (described["notes"] or described.get("fell_back")):
-            text_out = "\n".join(f"note: {n}" for n in described["notes"]) + "\n" + text_out
-        # Each hit carries what its search understood, so --json stays a list of hits.
-        rows = [h.to_dict() for h in hits]
-        if described:
-            rows = [{**r, "explanation": {**r["explanation"], "understood": described}} for r in rows]
+        rows, text_out = search_output(result, explain)
         emit(rows, as_json, text_out)
+
+
+def search_output(result, explain: bool) -> tuple[list[dict], str]:
+    """The hits for --json (each carrying what its search understood, so it stays a list of hits), and
+    the text to print: notes, and with --explain what was understood and every hit's explanation."""
+    described = result.described()
+    text = format_hits(result.hits)
+    if explain:
+        text = understood_lines(described) + text
+        text += "\n\n" + "\n".join(f"{h.id}: {json.dumps(h.explanation)}" for h in result.hits)
+    elif described and (described["notes"] or described.get("fell_back")):
+        text = "\n".join(f"note: {n}" for n in described["notes"]) + "\n" + text
+    rows = [h.to_dict() for h in result.hits]
+    if described:
+        rows = [{**r, "explanation": {**r["explanation"], "understood": described}} for r in rows]
+    return rows, text
 
 
 def understood_lines(described: dict | None) -> str:
