@@ -115,8 +115,7 @@ class LexicalSide:
 
     def query_vector(self, text: str) -> SparseVector | None:
         encoder = self.encoder()
-        vector = encoder.query(text) if encoder is not None and self.settings.lexical_weight > 0 else None
-        return vector or None
+        return (encoder.query(text) or None) if encoder is not None else None
 
     def vocabulary(self, fields: Mapping[str, str]) -> Vocabulary:
         """Facet values of the index's keyword fields (not codes, not zero-shot tags), read once."""
