@@ -389,6 +389,10 @@ def describe_item(config: DemoCatalogConfig, index: int, item: _Item) -> dict[st
     item_id = f"{config.split}-{index:05d}"
     return {
         "id": item_id,
+        # Codes a shop's feed carries, derived from the index alone (no random draw, so the other fields
+        # stay as they were): a SKU, and a GTIN-13 in the in-store range (prefix 2) with its check digit.
+        "sku": f"LK-{config.split[:2].upper()}{index:05d}",
+        "gtin": gtin13(f"20{int(config.split == 'test')}{index:09d}"),
         "title": title,
         "description": description,
         "image": f"{IMAGES_DIR}/{item_id}.png",
@@ -399,6 +403,12 @@ def describe_item(config: DemoCatalogConfig, index: int, item: _Item) -> dict[st
         "brand": brand,
         "in_stock": bool(rng.random() < 0.85),
     }
+
+
+def gtin13(first12: str) -> str:
+    """A GTIN-13 (EAN-13): the 12 digits and their check digit (weights 1, 3, 1, 3, ... from the left)."""
+    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(first12))
+    return first12 + str((10 - total % 10) % 10)
 
 
 def _cap(text: str) -> str:

@@ -47,6 +47,7 @@ from .pipeline import (
     begin_load,
     build_records,
     encode_batch,
+    fill_missing_lexical,
     finish_index,
     open_index,
     prepare_item,
@@ -91,6 +92,7 @@ def index_catalog_ray(
     started = time.perf_counter()
     report = IndexReport(total=len(catalog.items), errors_path=str(errors_path))
     stored = open_index(store, models, catalog, options)
+    fill_missing_lexical(store, models, report)
     prep = ItemPrep(policy, models.key(), models.clip.image_size, image_transform(models.clip))
     plan = _plan(ray, ray_options, workers)
     log.info("ray engine: %s", plan)
@@ -264,7 +266,7 @@ class EncodeStage:
                 )
                 for i in rows
             ]
-            records = build_records(ready, encode_batch(ready, self.models))
+            records = build_records(ready, encode_batch(ready, self.models), self.models.lexical)
             for i, record in zip(rows, records, strict=True):
                 encoded[i] = pickle.dumps(record)
         out = {k: v for k, v in batch.items() if k != "pixels"}

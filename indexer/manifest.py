@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from .catalog import Catalog
 from .encoders import Device, make_encoder
 from .engines import EngineConfig, WorkerSpec
 from .images import ImagePolicy
+from .lexical import LexicalEncoder
 from .pipeline import IndexOptions, IndexReport, Models, ProgressFn, index_catalog
 from .settings import Settings
 from .specs import EncoderOptions, looks_like_path
@@ -155,6 +156,8 @@ def index_into(
         vectors_on_disk=settings.vectors_on_disk,
     )
     policy = ImagePolicy.from_settings(settings)
+    if models.lexical is not None and models.lexical.config != settings.lexical_config():
+        models = replace(models, lexical=LexicalEncoder(settings.lexical_config()))
     engine = engine or EngineConfig.from_settings(settings)
     run = (catalog, target.store, models, options, policy, errors_path, progress)
     if engine.kind == "ray":

@@ -36,6 +36,7 @@ from . import bulk
 from .catalog import Catalog, CatalogItem
 from .encoders import Encoder
 from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
+from .lexical import LEXICAL, LexicalEncoder, fill_lexical
 from .store import HASH_KEY, ID_KEY, ProgressFn, Record, StoreLayout, StoreSchema, VectorStore
 from .tags import Tagger
 
@@ -59,14 +60,17 @@ class Models:
     clip: Encoder
     text: Encoder
     tagger: Tagger | None = None
+    lexical: LexicalEncoder | None = field(default_factory=LexicalEncoder)
 
     def schema(self) -> StoreSchema:
         return StoreSchema(
             vectors={"image": self.clip.dim, "text": self.clip.dim, "semantic": self.text.dim},
             models={"image": self.clip.model_id, "text": self.clip.model_id, "semantic": self.text.model_id},
+            sparse={LEXICAL: self.lexical.model_id} if self.lexical else {},
         )
 
     def key(self) -> str:
+        # The lexical vector is left out: it is refilled from stored payloads, never by re-embedding.
         tags = self.tagger.vocab.digest() if self.tagger else "-"
         return f"{self.clip.model_id}|{self.text.model_id}|{tags}"
 
@@ -79,6 +83,7 @@ class IndexReport:
     unchanged: int = 0
     failed: int = 0
     pruned: int = 0
+    lexical_filled: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
     wait_seconds: float = 0.0
@@ -95,10 +100,11 @@ class IndexReport:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
+        filled = f", lexical vectors added to {self.lexical_filled} stored items" if self.lexical_filled else ""
         return (
             f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
             f"{self.failed} failed, {self.pruned} pruned in {self.seconds:.1f}s "
-            f"({self.images_per_s:.1f} images/s)"
+            f"({self.images_per_s:.1f} images/s){filled}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +192,7 @@ def index_catalog(
     started = time.perf_counter()
     report = IndexReport(total=len(catalog.items), errors_path=str(errors_path))
     stored = open_index(store, models, catalog, options)
+    fill_missing_lexical(store, models, report)
     prep = ItemPrep.for_models(models, policy)
     with bulk.naming_the_on_disk_option(f"the load of {catalog.path}"):
         is_bulk = begin_load(store, catalog, stored, models.schema(), options)
@@ -225,6 +232,12 @@ def open_index(store: VectorStore, models: Models, catalog: Catalog, options: In
     for key, kind in fields.items():
         store.ensure_payload_index(key, kind)
     return {r.payload[ID_KEY]: r.payload.get(HASH_KEY) for r in store.scroll(keys=[HASH_KEY])}
+
+
+def fill_missing_lexical(store: VectorStore, models: Models, report: IndexReport) -> None:
+    """Give stored items made before the lexical channel their BM25 vectors, from their payloads."""
+    if models.lexical is not None:
+        report.lexical_filled = fill_lexical(store, models.lexical)
 
 
 def begin_load(
@@ -269,8 +282,8 @@ def encode_batch(batch: list[Ready], models: Models) -> Vectors:
     return Vectors(image_vecs, text_vecs, semantic_vecs, tags)
 
 
-def build_records(batch: list[Ready], vectors: Vectors) -> list[Record]:
-    return [
+def build_records(batch: list[Ready], vectors: Vectors, lexical: LexicalEncoder | None = None) -> list[Record]:
+    records = [
         Record(
             id=r.item.id,
             payload={
@@ -287,6 +300,10 @@ def build_records(batch: list[Ready], vectors: Vectors) -> list[Record]:
         )
         for r, iv, tv, sv, tag in zip(batch, vectors.image, vectors.text, vectors.semantic, vectors.tags, strict=True)
     ]
+    if lexical is not None:
+        for record in records:
+            record.vectors[LEXICAL] = lexical.document(record.payload)
+    return records
 
 
 class RunLog:
@@ -376,7 +393,7 @@ def _flush(batch: list[Ready], store: VectorStore, models: Models, run: RunLog) 
     t0 = time.perf_counter()
     vectors = encode_batch(batch, models)
     run.report.encode_seconds += time.perf_counter() - t0
-    store.upsert(build_records(batch, vectors))
+    store.upsert(build_records(batch, vectors, models.lexical))
     for r in batch:
         run.written(r.item.id, r.digest)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .catalog_items import FeedFormat, FeedOptions, parse_mapping
+from .lexical import LexicalConfig
 from .specs import EncoderOptions
 
 if TYPE_CHECKING:
@@ -16,6 +17,11 @@ if TYPE_CHECKING:
 
 DEFAULT_CLIP = "openclip:ViT-B-32/laion2b_s34b_b79k"
 DEFAULT_TEXT = "st:all-MiniLM-L6-v2"
+
+
+def comma_separated(cls: type, value: object) -> object:
+    """A list setting given as "title,brand" (from the environment); lists stay as they are."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -46,6 +52,13 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Plain catalogs: field -> column, as JSON: {"id": "sku"} or ["id=sku", "image=Main Image"].',
     )
+    lexical_fields: Annotated[tuple[str, ...], NoDecode] = Field(
+        LexicalConfig().fields,
+        min_length=1,
+        description="Payload fields the lexical (BM25) channel reads, comma-separated; 'id' is the catalog id.",
+    )
+
+    _lexical = field_validator("lexical_fields", mode="before")(comma_separated)
 
     # Scale: bulk loads and the distributed engine (README, "Past one machine").
     vectors_on_disk: bool = Field(False, description="New stores keep float32 vectors on disk, int8 copies in RAM.")
@@ -76,6 +89,9 @@ class Settings(BaseSettings):
     def feed_options(self) -> FeedOptions:
         """How catalog files are read: ``catalog_format`` and ``catalog_map``."""
         return FeedOptions(format=self.catalog_format, mapping=self.catalog_map)
+
+    def lexical_config(self) -> LexicalConfig:
+        return LexicalConfig(fields=self.lexical_fields)
 
     def store_spec(self) -> str:
         return self.store or f"edge:{self.data_dir / 'store'}"

@@ -1,9 +1,9 @@
 """VectorStore protocol, its value types and the spec-string factory.
 
-One collection holds every product: named vectors (``image``, ``text``,
-``semantic``), the payload, and two bookkeeping payload keys, ``_id`` (the
-catalog id) and ``_hash`` (the content hash that makes re-runs incremental).
-Qdrant wants UUID or integer point ids, so catalog ids are mapped to UUIDv5;
+One collection holds every product: named dense vectors (``image``, ``text``,
+``semantic``), named sparse vectors (``lexical``: BM25 term weights), the payload,
+and two bookkeeping payload keys, ``_id`` (the catalog id) and ``_hash`` (the content
+hash that makes re-runs incremental). Qdrant wants UUID or integer point ids, so catalog ids are mapped to UUIDv5;
 the catalog id is what every caller sees.
 """
 
@@ -48,11 +48,29 @@ def point_id(item_id: str) -> str:
 
 
 @dataclass(frozen=True)
+class SparseVector:
+    """Token ids and their weights, as both Qdrant bindings take a sparse vector."""
+
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.indices)
+
+
+@dataclass(frozen=True)
 class StoreSchema:
-    """What the collection was built with: vector name -> size, vector name -> model id."""
+    """What the collection was built with: dense vector name -> size, dense vector name -> model id,
+    and sparse vector name -> the model id every stored item's values come from ("" while a vector
+    added to an existing store is still being filled in)."""
 
     vectors: dict[str, int]
     models: dict[str, str]
+    sparse: dict[str, str] = field(default_factory=dict)
+
+    def dense(self) -> StoreSchema:
+        """The part that cannot change once items are stored: a sparse vector can be added or refilled."""
+        return StoreSchema(self.vectors, self.models)
 
     def describe_difference(self, other: StoreSchema) -> str:
         lines = []
@@ -64,11 +82,14 @@ class StoreSchema:
         return "; ".join(lines)
 
 
+Vector = np.ndarray | SparseVector
+
+
 @dataclass
 class Record:
     id: str
     payload: dict[str, Any]
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    vectors: dict[str, Vector] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,7 +130,7 @@ class SearchRequest:
     """
 
     vector_name: str
-    vector: np.ndarray
+    vector: Vector
     limit: int
     filter: Filter | None = None
     offset: int = 0
@@ -144,10 +165,20 @@ class VectorStore(Protocol):
         """The schema recorded at creation, or None for an empty, new store."""
 
     def ensure_schema(self, schema: StoreSchema, layout: StoreLayout | None = None) -> None:
-        """Create the collection with ``schema`` (placed as ``layout`` says), or check that it matches;
-        raise SchemaMismatch. An existing collection keeps the layout it was created with."""
+        """Create the collection with ``schema`` (placed as ``layout`` says), or check that its dense vectors
+        match (raise SchemaMismatch) and add the sparse vectors it lacks, recorded as not filled yet. An
+        existing collection keeps the layout it was created with."""
 
     def upsert(self, records: Sequence[Record]) -> None: ...
+
+    def update_vectors(self, records: Sequence[Record]) -> None:
+        """Set the vectors each record carries on its stored item; its payload and other vectors stay."""
+
+    def set_sparse_model(self, name: str, model_id: str) -> None:
+        """Record that every stored item's sparse vector ``name`` now comes from ``model_id``."""
+
+    def facet(self, key: str, limit: int) -> dict[str, int]:
+        """Up to ``limit`` of the most frequent values of an indexed keyword field, with their counts."""
 
     def retrieve(
         self, ids: Sequence[str], with_vectors: VectorSelector = False, keys: Sequence[str] | None = None
@@ -173,9 +204,9 @@ class VectorStore(Protocol):
         """Several searches planned and run as one call; one result list per request, in order."""
 
     def search_union(
-        self, vectors: dict[str, np.ndarray], limit: int, flt: Filter | None = None
+        self, vectors: dict[str, Vector], limit: int, flt: Filter | None = None
     ) -> dict[str, list[ScoredPoint]]:
-        """Each named vector's ``limit`` nearest (filtered), then every point of their union scored
+        """Each named vector's (dense or sparse) ``limit`` nearest (filtered), then every point of their union scored
         exactly on every named vector: one list per name, best first, payloads holding only the
         catalog id. One call, so fusing channels needs no second round trip for missing scores."""
 

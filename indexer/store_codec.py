@@ -27,10 +27,14 @@ from .store import (
     SchemaMismatch,
     ScoredPoint,
     SearchRequest,
+    SparseVector,
     StoreError,
     StoreSchema,
     point_id,
 )
+
+# A binding's own sparse vector class, made from lookalike's SparseVector.
+SparseMaker = Callable[[SparseVector], Any]
 
 FIELD_KINDS: tuple[str, ...] = get_args(FieldKind)
 _RANGE_KEYS = frozenset({"gt", "gte", "lt", "lte"})
@@ -52,6 +56,7 @@ def meta_to_json(schema: StoreSchema, payload_indexes: dict[str, FieldKind]) -> 
         "format": META_FORMAT,
         "vectors": dict(schema.vectors),
         "models": dict(schema.models),
+        "sparse": dict(schema.sparse),
         "payload_indexes": dict(payload_indexes),
     }
 
@@ -61,18 +66,20 @@ def meta_from_json(data: Any, where: str) -> tuple[StoreSchema, dict[str, FieldK
     try:
         vectors = {str(k): int(v) for k, v in data["vectors"].items()}
         models = {str(k): str(v) for k, v in data["models"].items()}
+        # Stores made before the lexical channel record no sparse vectors.
+        sparse = {str(k): str(v) for k, v in data.get("sparse", {}).items()}
         indexes = {str(k): v for k, v in data.get("payload_indexes", {}).items()}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise StoreError(f"{where}: unreadable lookalike store metadata ({e!r})") from e
     bad = {k: v for k, v in indexes.items() if v not in FIELD_KINDS}
     if bad:
         raise StoreError(f"{where}: unknown payload index kinds {bad}; expected one of {FIELD_KINDS}")
-    return StoreSchema(vectors=vectors, models=models), indexes
+    return StoreSchema(vectors=vectors, models=models, sparse=sparse), indexes
 
 
 def check_schema(stored: StoreSchema, requested: StoreSchema, where: str, fix: str) -> None:
-    """Raise :class:`SchemaMismatch` unless ``requested`` is what the store was built with."""
-    if stored == requested:
+    """Raise :class:`SchemaMismatch` unless ``requested``'s dense vectors are what the store was built with."""
+    if stored.dense() == requested.dense():
         return
     raise SchemaMismatch(
         f"{where} was built with other models or vector sizes: "
@@ -93,7 +100,7 @@ class PointData:
     """One record in Qdrant's terms, before it is wrapped in a binding's point class."""
 
     id: str
-    vectors: dict[str, list[float]]
+    vectors: dict[str, Any]  # dense: list of floats; sparse: the binding's sparse vector
     payload: dict[str, Any]
 
 
@@ -102,32 +109,41 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def to_points(records: Sequence[Record], schema: StoreSchema) -> list[PointData]:
-    """Check every record against the schema and convert it; errors name the catalog id."""
+def to_points(
+    records: Sequence[Record], schema: StoreSchema, sparse: SparseMaker, payload: bool = True
+) -> list[PointData]:
+    """Check every record against the schema and convert it; errors name the catalog id.
+    Without ``payload``, the points carry vectors only (an update of stored items' vectors)."""
     points = []
     for rec in records:
         if not isinstance(rec.id, str) or not rec.id:
             raise StoreError(f"record id must be a non-empty string, got {rec.id!r}")
         if not rec.vectors:
             raise StoreError(f"item {rec.id!r}: no vectors to store")
-        vectors = {}
-        for name, vec in rec.vectors.items():
-            vectors[name] = _vector(schema, name, vec, f"item {rec.id!r}")
-        payload = {k: _plain(v) for k, v in rec.payload.items()}
-        payload[ID_KEY] = rec.id
-        points.append(PointData(id=point_id(rec.id), vectors=vectors, payload=payload))
+        vectors = {name: _vector(schema, name, vec, f"item {rec.id!r}", sparse) for name, vec in rec.vectors.items()}
+        values = {k: _plain(v) for k, v in rec.payload.items()} if payload else {}
+        if payload:
+            values[ID_KEY] = rec.id
+        points.append(PointData(id=point_id(rec.id), vectors=vectors, payload=values))
     return points
 
 
-def query_vector(schema: StoreSchema | None, name: str, vector: Any) -> list[float]:
+def query_vector(schema: StoreSchema | None, name: str, vector: Any, sparse: SparseMaker) -> Any:
     if schema is None:
         raise StoreError("the store is empty: index a catalog before searching it")
-    return _vector(schema, name, vector, "query")
+    return _vector(schema, name, vector, "query", sparse)
 
 
-def _vector(schema: StoreSchema, name: str, vec: Any, what: str) -> list[float]:
+def _vector(schema: StoreSchema, name: str, vec: Any, what: str, sparse: SparseMaker) -> Any:
+    if name in schema.sparse:
+        if not isinstance(vec, SparseVector):
+            raise StoreError(f"{what}: vector {name!r} is sparse; give a SparseVector, not {type(vec).__name__}")
+        if len(vec.indices) != len(vec.values) or not all(math.isfinite(v) for v in vec.values):
+            raise StoreError(f"{what}: sparse vector {name!r} needs one finite value per index")
+        return sparse(vec)
     if name not in schema.vectors:
-        raise StoreError(f"{what}: unknown vector {name!r}; the store has {sorted(schema.vectors)}")
+        known = sorted([*schema.vectors, *schema.sparse])
+        raise StoreError(f"{what}: unknown vector {name!r}; the store has {known}")
     arr = np.asarray(vec, dtype=np.float32)
     if arr.ndim != 1 or arr.shape[0] != schema.vectors[name]:
         raise StoreError(f"{what}: vector {name!r} has shape {arr.shape}, the store expects ({schema.vectors[name]},)")
@@ -136,10 +152,17 @@ def _vector(schema: StoreSchema, name: str, vec: Any, what: str) -> list[float]:
     return arr.tolist()
 
 
-def _vectors_out(raw: Any) -> dict[str, np.ndarray]:
+def _vectors_out(raw: Any) -> dict[str, Any]:
     if not raw:
         return {}
-    return {name: np.asarray(v, dtype=np.float32) for name, v in raw.items()}
+    return {name: _vector_out(v) for name, v in raw.items()}
+
+
+def _vector_out(value: Any) -> Any:
+    # Either binding's sparse vector has indices and values; a dense one is a list of floats.
+    if hasattr(value, "indices"):
+        return SparseVector(tuple(int(i) for i in value.indices), tuple(float(v) for v in value.values))
+    return np.asarray(value, dtype=np.float32)
 
 
 def to_record(payload: dict[str, Any] | None, vectors: Any = None) -> Record:

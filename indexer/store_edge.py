@@ -21,10 +21,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import qdrant_edge as qe
 
 from . import store_codec as codec
@@ -38,9 +38,11 @@ from .store import (
     ScoredPoint,
     SearchRequest,
     SingleSearch,
+    SparseVector,
     StoreError,
     StoreLayout,
     StoreSchema,
+    Vector,
     VectorSelector,
     point_id,
 )
@@ -61,6 +63,15 @@ _MODELS = codec.FilterModels(
     has_id=lambda ids: qe.HasIdCondition(set(ids)),
     supports_bool_match=False,
 )
+# Sparse vectors are BM25 term weights: the engine multiplies them by each term's inverse document
+# frequency at query time, so a store's IDF follows its items with no refit.
+_SPARSE = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
+
+
+def _sparse(vector: SparseVector) -> qe.SparseVector:
+    return qe.SparseVector(list(vector.indices), list(vector.values))
+
+
 _QUANTIZED = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=codec.QUANTILE, always_ram=True)
 _RESCORED = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=codec.OVERSAMPLING))
 _EXACT = qe.SearchParams(exact=True)
@@ -134,19 +145,37 @@ class EdgeStore(SingleSearch):
             self._schema = schema
             self._write_meta()
         if self._shard is None:
+            stored = self._schema
             config = qe.EdgeConfig(
                 vectors={
                     name: qe.EdgeVectorParams(
                         size=size, distance=qe.Distance.Cosine, quantization_config=_QUANTIZED, memory=_memory(layout)
                     )
-                    for name, size in schema.vectors.items()
+                    for name, size in stored.vectors.items()
                 },
+                sparse_vectors={name: _SPARSE for name in stored.sparse} or None,
                 optimizers=qe.EdgeOptimizersConfig(indexing_threshold=_INDEXING_THRESHOLD_KB),
             )
             self._shard = self._open(lambda: qe.EdgeShard.create(str(self.path), config))
             for key, kind in self._indexes.items():
                 self._update(qe.UpdateOperation.create_field_index(key, _INDEX_TYPES[kind]))
-            log.info("created store %s with vectors %s", self.path, schema.vectors)
+            log.info("created store %s with vectors %s, sparse %s", self.path, stored.vectors, sorted(stored.sparse))
+        added = {name: "" for name in schema.sparse if name not in self._schema.sparse}
+        if added:
+            # A store made before: the sparse vector is added to the shard, and stays marked unfilled
+            # until every stored item has it (set_sparse_model).
+            for name in added:
+                self._update(qe.UpdateOperation.create_sparse_vector(name, modifier=qe.Modifier.Idf))
+            self._schema = replace(self._schema, sparse={**self._schema.sparse, **added})
+            self._write_meta()
+            log.info("store %s: added sparse vector(s) %s", self.path, sorted(added))
+
+    def set_sparse_model(self, name: str, model_id: str) -> None:
+        schema = self._require_schema()
+        if name not in schema.sparse:
+            raise StoreError(f"the store at {self.path} has no sparse vector {name!r}")
+        self._schema = replace(schema, sparse={**schema.sparse, name: model_id})
+        self._write_meta()
 
     def ensure_payload_index(self, key: str, kind: FieldKind) -> None:
         codec.check_field_kind(key, kind)
@@ -165,7 +194,7 @@ class EdgeStore(SingleSearch):
         if not records:
             return
         self._check_free_space()
-        converted = codec.to_points(records, self._require_schema())
+        converted = codec.to_points(records, self._require_schema(), _sparse)
         points = [qe.Point(p.id, p.vectors, p.payload) for p in converted]
         with self._names_lock:
             # Named before they can be found: a search that meets a new point knows what it is.
@@ -189,6 +218,13 @@ class EdgeStore(SingleSearch):
                 f"edge store at {self.path}: the disk is nearly full ({free / 2**20:.0f} MiB free; writes stop below "
                 f"{MIN_FREE_BYTES / 2**20:.0f} MiB). Free some space and run the index again: what was stored is kept."
             )
+
+    def update_vectors(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        self._check_free_space()
+        converted = codec.to_points(records, self._require_schema(), _sparse, payload=False)
+        self._update(qe.UpdateOperation.update_vectors([qe.PointVectors(p.id, p.vectors) for p in converted]))
 
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
@@ -276,7 +312,9 @@ class EdgeStore(SingleSearch):
             qe.QueryRequest(
                 limit=r.limit,
                 offset=r.offset,
-                query=qe.Query.Nearest(codec.query_vector(self._schema, r.vector_name, r.vector), using=r.vector_name),
+                query=qe.Query.Nearest(
+                    codec.query_vector(self._schema, r.vector_name, r.vector, _sparse), using=r.vector_name
+                ),
                 filter=codec.to_filter(r.filter, _MODELS, r.ids),
                 with_payload=_payload_selector(w),
                 with_vector=codec.vector_selector(r.with_vectors),
@@ -296,16 +334,23 @@ class EdgeStore(SingleSearch):
         ]
 
     def search_union(
-        self, vectors: dict[str, np.ndarray], limit: int, flt: Filter | None = None
+        self, vectors: dict[str, Vector], limit: int, flt: Filter | None = None
     ) -> dict[str, list[ScoredPoint]]:
         if not vectors:
             return {}
-        queries = {n: qe.Query.Nearest(codec.query_vector(self._schema, n, v), using=n) for n, v in vectors.items()}
+        queries = {
+            n: qe.Query.Nearest(codec.query_vector(self._schema, n, v, _sparse), using=n) for n, v in vectors.items()
+        }
         names = list(queries)
         shard = self._require_shard()
         condition = codec.to_filter(flt, _MODELS)
-        # First the union, scored on the first vector: one graph search per vector, with the filter.
-        prefetch = [qe.Prefetch(limit=limit, query=q, filter=condition, params=_CANDIDATES) for q in queries.values()]
+        # First the union, scored on the first vector: one graph search per vector, with the filter
+        # (a sparse vector's is an inverted-index search, which has no quantized copies to rank on).
+        sparse = self._require_schema().sparse
+        prefetch = [
+            qe.Prefetch(limit=limit, query=q, filter=condition, params=None if n in sparse else _CANDIDATES)
+            for n, q in queries.items()
+        ]
         first = qe.QueryRequest(
             limit=limit * len(names),
             prefetches=prefetch,
@@ -315,11 +360,13 @@ class EdgeStore(SingleSearch):
             with_vector=False,
         )
         union = self._call(shard.query, first)
+        if not union:
+            return {n: [] for n in names}
         # A hit makes a new uuid.UUID each time its id is read, and UUIDs hash in Python: each id is
         # read once, and the lists are keyed by its int.
         uuids = [h.id for h in union]
         lists = [[(u.int, h.score, None) for u, h in zip(uuids, union, strict=True)]]
-        if len(names) > 1 and union:
+        if len(names) > 1:
             # Then the same points, by point id, scored exactly on the other vectors.
             among = qe.Filter(must=[qe.HasIdCondition(set(uuids))])
             rest = [
@@ -336,6 +383,12 @@ class EdgeStore(SingleSearch):
             results = self._call(shard.query_batch, qe.QueryBatchRequest(rest))
             lists += [[(h.id.int, h.score, None) for h in hits] for hits in results]
         return codec.union_lists(names, lists, self._catalog_ids())
+
+    def facet(self, key: str, limit: int) -> dict[str, int]:
+        if self._shard is None:
+            return {}
+        found = self._call(self._shard.facet, qe.FacetRequest(key, limit=limit, exact=True))
+        return {str(hit.value): int(hit.count) for hit in found.hits}
 
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         if self._shard is None:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
@@ -39,9 +38,11 @@ from .store import (
     ScoredPoint,
     SearchRequest,
     SingleSearch,
+    SparseVector,
     StoreError,
     StoreLayout,
     StoreSchema,
+    Vector,
     VectorSelector,
     point_id,
 )
@@ -60,6 +61,13 @@ _MODELS = codec.FilterModels(
     Range=qm.Range,
     has_id=lambda ids: qm.HasIdCondition(has_id=ids),
 )
+_SPARSE = qm.SparseVectorParams(modifier=qm.Modifier.IDF)  # BM25 term weights, IDF applied by the server
+
+
+def _sparse(vector: SparseVector) -> qm.SparseVector:
+    return qm.SparseVector(indices=list(vector.indices), values=list(vector.values))
+
+
 _QUANTIZED = qm.ScalarQuantization(
     scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=codec.QUANTILE, always_ram=True)
 )
@@ -169,6 +177,7 @@ class QdrantStore(SingleSearch):
                 where=self._where,
                 fix="index into another collection, or delete this one and re-index.",
             )
+            self._add_sparse([name for name in schema.sparse if name not in self._schema.sparse])
             return
         self._call(
             self._client.create_collection,
@@ -177,12 +186,39 @@ class QdrantStore(SingleSearch):
                 name: qm.VectorParams(size=size, distance=qm.Distance.COSINE, on_disk=_on_disk(layout))
                 for name, size in schema.vectors.items()
             },
+            sparse_vectors_config={name: _SPARSE for name in schema.sparse} or None,
             metadata={META_KEY: codec.meta_to_json(schema, {})},
             quantization_config=_QUANTIZED,
             **self._layout(),
         )
         self._schema, self._indexes = schema, {}
         log.info("created %s with vectors %s", self._where, schema.vectors)
+
+    def _add_sparse(self, names: list[str]) -> None:
+        """Sparse vectors for a collection made before them, marked unfilled until every item has them."""
+        if not names:
+            return
+        config = qm.SparseVectorNameConfig(sparse=qm.SparseVectorConfig(modifier=qm.Modifier.IDF))
+        for name in names:
+            self._call(self._client.create_vector_name, self.collection, vector_name=name, vector_name_config=config)
+        schema = self._require_schema()
+        self._write_meta(StoreSchema(schema.vectors, schema.models, {**schema.sparse, **dict.fromkeys(names, "")}))
+        log.info("%s: added sparse vector(s) %s", self._where, names)
+
+    def set_sparse_model(self, name: str, model_id: str) -> None:
+        schema = self._require_schema()
+        if name not in schema.sparse:
+            raise StoreError(f"{self._where} has no sparse vector {name!r}")
+        self._write_meta(StoreSchema(schema.vectors, schema.models, {**schema.sparse, name: model_id}))
+
+    def _write_meta(self, schema: StoreSchema, indexes: dict[str, FieldKind] | None = None) -> None:
+        indexes = self._indexes if indexes is None else indexes
+        self._call(
+            self._client.update_collection,
+            self.collection,
+            metadata={META_KEY: codec.meta_to_json(schema, indexes)},
+        )
+        self._schema, self._indexes = schema, indexes
 
     def _layout(self) -> dict[str, int]:
         """Shards and replicas for a new collection; nothing in the in-process client."""
@@ -223,13 +259,7 @@ class QdrantStore(SingleSearch):
                 field_schema=_INDEX_TYPES[kind],
                 wait=True,
             )
-        indexes = {**self._indexes, key: kind}
-        self._call(
-            self._client.update_collection,
-            self.collection,
-            metadata={META_KEY: codec.meta_to_json(schema, indexes)},
-        )
-        self._indexes = indexes
+        self._write_meta(schema, {**self._indexes, key: kind})
 
     def payload_indexes(self) -> dict[str, FieldKind]:
         self.schema()
@@ -242,7 +272,7 @@ class QdrantStore(SingleSearch):
             return
         points = [
             qm.PointStruct(id=p.id, vector=p.vectors, payload=p.payload)
-            for p in codec.to_points(records, self._require_schema())
+            for p in codec.to_points(records, self._require_schema(), _sparse)
         ]
         size = self.options.batch_size
         batches = [points[i : i + size] for i in range(0, len(points), size)]
@@ -263,6 +293,15 @@ class QdrantStore(SingleSearch):
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qdrant-upsert") as pool:
             for _ in pool.map(send, batches):
                 pass
+
+    def update_vectors(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        points = [
+            qm.PointVectors(id=p.id, vector=p.vectors)
+            for p in codec.to_points(records, self._require_schema(), _sparse, payload=False)
+        ]
+        self._call(self._client.update_vectors, self.collection, points=points, wait=True)
 
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
@@ -363,7 +402,7 @@ class QdrantStore(SingleSearch):
         for r in requests:
             batch.append(
                 qm.QueryRequest(
-                    query=codec.query_vector(schema, r.vector_name, r.vector),
+                    query=codec.query_vector(schema, r.vector_name, r.vector, _sparse),
                     using=r.vector_name,
                     filter=codec.to_filter(r.filter, _MODELS, r.ids),
                     limit=r.limit,
@@ -380,15 +419,21 @@ class QdrantStore(SingleSearch):
         ]
 
     def search_union(
-        self, vectors: dict[str, np.ndarray], limit: int, flt: Filter | None = None
+        self, vectors: dict[str, Vector], limit: int, flt: Filter | None = None
     ) -> dict[str, list[ScoredPoint]]:
         if not vectors:
             return {}
-        schema = self.schema()
-        queries = {n: codec.query_vector(schema, n, v) for n, v in vectors.items()}
+        schema = self._require_schema()
+        queries = {n: codec.query_vector(schema, n, v, _sparse) for n, v in vectors.items()}
         condition = codec.to_filter(flt, _MODELS)
         prefetch = [
-            qm.Prefetch(query=q, using=n, limit=limit, filter=condition, params=self._params(_CANDIDATES))
+            qm.Prefetch(
+                query=q,
+                using=n,
+                limit=limit,
+                filter=condition,
+                params=None if n in schema.sparse else self._params(_CANDIDATES),
+            )
             for n, q in queries.items()
         ]
         names = list(queries)
@@ -406,6 +451,12 @@ class QdrantStore(SingleSearch):
         ]
         results = self._call(self._client.query_batch_points, self.collection, requests=batch)
         return codec.union_lists(names, [[(p.id, p.score, p.payload) for p in r.points] for r in results])
+
+    def facet(self, key: str, limit: int) -> dict[str, int]:
+        if self.schema() is None:
+            return {}
+        found = self._call(self._client.facet, self.collection, key=key, limit=limit, exact=True)
+        return {str(hit.value): int(hit.count) for hit in found.hits}
 
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         if self.schema() is None:

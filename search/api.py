@@ -48,6 +48,7 @@ from .limits import LimitExceeded, RateLimits
 from .observe import REQUEST_ID_HEADER, SEARCH_SECONDS, observe
 from .query import Hit, QueryError, SearchInput, SearchSettings
 from .rerank import RerankerFactory
+from .understand import QueryParser
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,12 @@ class SearchResponse(BaseModel):
     hits: list[HitOut]
     took_ms: float
     kind: Literal["text", "image", "composed"]
+    understood: dict[str, Any] | None = Field(
+        None,
+        description='What the words were read as: "summary" ("price < 50; brand = Kestrel"), the words '
+        "searched, price, facets, codes, notes, and fell_back when the understood filters left nothing. "
+        "Send literal=true to search the words as typed.",
+    )
 
 
 class ItemOut(BaseModel):
@@ -310,19 +317,24 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
     return app
 
 
-def app_from_settings(settings: SearchSettings, rerankers: dict[str, RerankerFactory] | None = None) -> FastAPI:
+def app_from_settings(
+    settings: SearchSettings,
+    rerankers: dict[str, RerankerFactory] | None = None,
+    parsers: dict[str, QueryParser] | None = None,
+) -> FastAPI:
     """The API over the index in ``settings.data_dir``; a new data dir gets the settings' default models.
 
-    ``rerankers`` adds re-rankers by name (e.g. ``{"vlm": ...}`` from the vlm package) to the engine."""
+    ``rerankers`` and ``parsers`` add re-rankers and query parsers by name (e.g. ``{"vlm": ...}`` from the
+    vlm package) to the engine."""
     if IndexManifest.load(settings.data_dir) is not None:
-        engine = SearchEngine(settings, rerankers=rerankers)
+        engine = SearchEngine(settings, rerankers=rerankers, parsers=parsers)
     else:
         log.info("no index in %s yet: loading %s and %s", settings.data_dir, settings.clip_model, settings.text_model)
         models = build_models(
             settings.clip_model, settings.text_model, settings.torch_device(), options=settings.encoder_options()
         )
         store = open_store(settings.store_spec(), api_key=settings.qdrant_api_key)
-        engine = SearchEngine(settings, store=store, models=models, rerankers=rerankers)
+        engine = SearchEngine(settings, store=store, models=models, rerankers=rerankers, parsers=parsers)
     return create_app(engine, JobRunner(engine), close_on_shutdown=True)
 
 
@@ -343,14 +355,14 @@ def _run_search(engine: SearchEngine, req: SearchRequest, upload: bytes | None, 
             raise ApiError(400, "image_url must be an http(s) URL; to send a file, upload it", "image_url")
         image, _ = load_image(req.image_url, policy)
     query = req.to_query(engine.fields, image)
-    hits = engine.search(query)
+    result = engine.run(query)
     took = time.perf_counter() - started
     SEARCH_SECONDS.labels(query.kind).observe(took)
-    log.info("%s search: %d hits in %.1f ms", query.kind, len(hits), took * 1000)
-    return _response(hits, query.kind, started)
+    log.info("%s search: %d hits in %.1f ms", query.kind, len(result.hits), took * 1000)
+    return _response(result.hits, query.kind, started, result.described())
 
 
-def _response(hits: list[Hit], kind: str, started: float) -> SearchResponse:
+def _response(hits: list[Hit], kind: str, started: float, understood: dict[str, Any] | None = None) -> SearchResponse:
     return SearchResponse(
         hits=[
             HitOut(
@@ -365,6 +377,7 @@ def _response(hits: list[Hit], kind: str, started: float) -> SearchResponse:
         ],
         took_ms=round((time.perf_counter() - started) * 1000, 2),
         kind=kind,  # type: ignore[arg-type]
+        understood=understood,
     )
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -18,16 +16,16 @@ from indexer import (
     IndexManifest,
     Models,
     SearchRequest,
-    StoreError,
     TagVocab,
     VectorStore,
     build_models,
     open_store,
 )
+from indexer.lexical import LEXICAL
 from indexer.store import ID_KEY
 from indexer.tags import label_embeddings
 
-from .calibration import Calibration, background_scores, combine, fit_background
+from .calibration import Calibration, combine
 from .composed import (
     ComposedWeights,
     TextSide,
@@ -38,10 +36,15 @@ from .composed import (
     label_means,
 )
 from .fusion import FusedHit, fuse, mmr_dedup, penalise
-from .query import Hit, Query, QueryError, SearchSettings
+from .index_calibration import CALIBRATION_FILE, load_or_fit_calibration, sample_records
+from .lexical import ABSENT, CODE_MATCH, LexicalSide, boost_facets, promote_codes, relative_scores
+from .query import Hit, Query, QueryError, SearchResult, SearchSettings
 from .rerank import ClipReranker, NoReranker, Reranker, RerankerFactory, RerankError, rerank_with_budget
+from .understand import QueryParser, Understood, understand
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CALIBRATION_FILE", "SearchEngine", "sample_records"]
 
 # channel -> (query modality, stored vector): a text query against image vectors is "text>image".
 CHANNELS = {
@@ -50,7 +53,6 @@ CHANNELS = {
     # "more like this" on a catalog item: its own stored vectors, each against its own kind.
     "item": {"image": "image>image", "text": "text>text", "semantic": "semantic>semantic"},
 }
-CALIBRATION_FILE = "calibration.json"
 
 
 class SearchEngine:
@@ -62,6 +64,7 @@ class SearchEngine:
         store: VectorStore | None = None,
         models: Models | None = None,
         rerankers: dict[str, RerankerFactory] | None = None,
+        parsers: dict[str, QueryParser] | None = None,
     ):
         self.settings = settings
         manifest = IndexManifest.load(settings.data_dir)
@@ -80,6 +83,8 @@ class SearchEngine:
         self.scale = float(getattr(models.clip, "logit_scale", 100.0))
         self.label_sets = [(s.name, s.labels, label_embeddings(models.clip, s)) for s in vocab.sets] if vocab else []
         self.fields = dict(self.store.payload_indexes())
+        self.lexical = LexicalSide(self.store, settings)
+        self._parsers: dict[str, QueryParser] = {"rules": understand, **(parsers or {})}
         self._calibration: dict[str, Calibration] | None = None
         self._means: dict[str, np.ndarray] | None = None
         self._lock = threading.Lock()
@@ -101,13 +106,50 @@ class SearchEngine:
                 self.label_sets = label_sets
             self._calibration = None
             self._means = None
+        self.lexical.refresh()
 
     # -- public API -----------------------------------------------------------------------------
 
     def search(self, query: Query) -> list[Hit]:
+        return self.run(query).hits
+
+    def run(self, query: Query) -> SearchResult:
+        """The hits, what a text query's words were read as, and notes for the person asking."""
         self._check(query)
+        lexical_off = query.kind == "text" and self.settings.lexical_weight > 0 and self.lexical.encoder() is None
+        notes = [ABSENT] if lexical_off else []
+        understood = self.understand(query)
+        if understood is None:
+            return SearchResult(self._search(query), None, notes)
+        narrowing = understood.conditions(facets=self.settings.facet_mode == "filter")
+        narrowed = replace(
+            query, text=understood.text, filters=Filter((*query.filters.must, *narrowing), query.filters.must_not)
+        )
+        hits = self._search(narrowed, understood, query.filters)
+        if not hits and narrowing:
+            understood = understood.with_note(
+                f"nothing matches {understood.summary()}: searched the words as typed", fell_back=True
+            )
+            hits = self._search(query)
+        return SearchResult(hits, understood, notes)
+
+    def understand(self, query: Query) -> Understood | None:
+        """What a text query's words mean in this index (None: searched as typed, by asking or setting)."""
+        if query.literal or query.kind != "text" or self.settings.query_parser == "off":
+            return None
+        vocabulary = self.lexical.vocabulary(self.fields)
+        parser = self._parsers.get(self.settings.query_parser)
+        if parser is None:
+            missing = f"query parser {self.settings.query_parser!r} is not available here: read by the rules"
+            return understand(query.text or "", vocabulary).with_note(missing)
+        return parser(query.text or "", vocabulary)
+
+    def _search(
+        self, query: Query, understood: Understood | None = None, code_filter: Filter | None = None
+    ) -> list[Hit]:
         reranker = self._reranker(query.rerank)
         flt = query.filters
+        codes = []
         reference: dict[str, np.ndarray] = {}
         if query.like is not None:
             reference = self._stored_vectors(query.like)
@@ -123,9 +165,17 @@ class SearchEngine:
         else:
             text_vec = self.models.clip.encode_texts([query.text])[0]
             semantic = self.models.text.encode_texts([query.text])[0]
-            hits = self._fused(query, "text", {"image": text_vec, "text": text_vec, "semantic": semantic}, flt)
+            vectors = {"image": text_vec, "text": text_vec, "semantic": semantic}
+            if (sparse := self.lexical.query_vector(query.text)) is not None:
+                vectors[LEXICAL] = sparse
+            hits = self._fused(query, "text", vectors, flt)
+            if understood is not None:
+                if understood.facets and self.settings.facet_mode == "boost":
+                    hits = boost_facets(self.lexical, hits, understood.facets, self.settings.facet_boost)
+                codes = self.lexical.find_codes(understood.codes, self.fields, code_filter or Filter(), text_vec)
         if query.negative:
             hits = self._apply_negative(hits, query.negative)
+        hits = promote_codes(hits, codes)
         top_n = self.settings.rerank_top_n
         need = max(query.offset + query.k, 0 if isinstance(reranker, NoReranker) else top_n)
         hits = self._dedup(hits, need) if query.dedup else self._materialise(hits, need)
@@ -159,7 +209,9 @@ class SearchEngine:
         """Per-channel calibration, fitted on the index and cached next to it."""
         with self._lock:
             if self._calibration is None:
-                self._calibration = self._load_or_fit_calibration()
+                self._calibration = load_or_fit_calibration(
+                    self.store, Path(self.settings.data_dir), self.settings.calibration_sample
+                )
             return self._calibration
 
     # -- query kinds ----------------------------------------------------------------------------
@@ -167,7 +219,7 @@ class SearchEngine:
     def _fused(self, query: Query, modality: str, vectors: dict[str, np.ndarray], flt: Filter) -> list[Hit]:
         weights = self._channel_weights(query, modality)
         pool = max(self.settings.candidates, query.k + query.offset)
-        names = [name for name, weight in weights.items() if weight > 0]
+        names = [name for name, weight in weights.items() if weight > 0 and name in vectors]
         # One store call: each channel's top `pool` and every candidate's exact score on every channel.
         # Ids and scores only: making stored vectors and payloads into Python objects costs more than
         # the searches; the page's payloads and image vectors are fetched at the end.
@@ -178,12 +230,7 @@ class SearchEngine:
         ids = [p.id for p in union[names[0]]]
         scored = {n: {p.id: p.score for p in union[n]} for n in names}
         exact = {n: np.array([scored[n].get(i, 0.0) for i in ids]) for n in names}
-        cal = self.calibration()
-        # Too small an index to calibrate on: raw cosines, floored at 0 like a calibrated relevance.
-        relevance = {
-            name: cal[CHANNELS[modality][name]].apply(exact[name]) if cal else np.clip(exact[name], 0.0, 1.0)
-            for name in channels
-        }
+        relevance = {name: self._relevance(modality, name, exact[name]) for name in channels}
         method = query.fusion or self.settings.fusion
         if method == "calibrated":
             fused = fuse(method, {n: list(zip(ids, relevance[n].tolist(), strict=True)) for n in channels}, weights)
@@ -216,6 +263,14 @@ class SearchEngine:
             }
             hits.append(Hit(f.id, f.score, {}, explanation, relevance=rel))
         return hits
+
+    def _relevance(self, modality: str, name: str, raw: np.ndarray) -> np.ndarray:
+        """A channel's scores as 0-1 relevance: calibrated cosines; lexical: relative to its best match."""
+        if name == LEXICAL:
+            return relative_scores(raw)
+        cal = self.calibration()
+        # Too small an index to calibrate on: raw cosines, floored at 0 like a calibrated relevance.
+        return cal[CHANNELS[modality][name]].apply(raw) if cal else np.clip(raw, 0.0, 1.0)
 
     def _scores(self, vector_name: str, vector: np.ndarray, ids: list[str]) -> np.ndarray:
         """Cosine of ``vector`` to each item's stored ``vector_name`` vector, computed in the store."""
@@ -356,9 +411,9 @@ class SearchEngine:
             head = hits[:size]
             if len(head) < 2:
                 return hits
-            dedup = mmr_dedup(
-                [h.id for h in head], np.stack([h.vectors["image"] for h in head]), self.settings.dedup_threshold
-            )
+            named = [i for i, h in enumerate(head) if h.explanation.get("ranked_by") == CODE_MATCH]
+            vectors = np.stack([h.vectors["image"] for h in head])
+            dedup = mmr_dedup([h.id for h in head], vectors, self.settings.dedup_threshold, keep=named)
             if len(dedup.kept) >= need or size >= len(hits):
                 break
             size *= 2
@@ -379,6 +434,11 @@ class SearchEngine:
     def _check(self, query: Query) -> None:
         if not (query.text and query.text.strip()) and query.image is None and query.like is None:
             raise QueryError("empty query: give text, an image, or an item id to search like")
+        if query.kind == "text" and not self.lexical.searchable(query.text or ""):
+            raise QueryError(
+                f"nothing to search for in “{query.text.strip()[:80]}”: it holds only stopwords and punctuation; "
+                "give other words, a product code, or a photo"
+            )
         if query.image is not None and query.like is not None:
             raise QueryError("give either an image or an item id (like), not both")
         if not 1 <= query.k <= self.settings.max_k:
@@ -388,9 +448,11 @@ class SearchEngine:
         if query.min_score is not None and not math.isfinite(query.min_score):
             raise QueryError(f"min_score must be a finite number, got {query.min_score}")
         if query.weights:
-            bad = {k: v for k, v in query.weights.items() if k not in {"image", "text"} or not v >= 0}
+            bad = {k: v for k, v in query.weights.items() if k not in {"image", "text", LEXICAL} or not v >= 0}
             if bad or not sum(query.weights.values()) > 0:
-                raise QueryError(f"weights take image=W,text=W with W >= 0 and a positive sum, got {query.weights}")
+                raise QueryError(
+                    f"weights take image=W,text=W,lexical=W with W >= 0 and a positive sum, got {query.weights}"
+                )
 
     def _reranker(self, name: str) -> Reranker:
         factory = self._rerankers.get(name)
@@ -402,11 +464,17 @@ class SearchEngine:
             raise QueryError(str(exc)) from exc
 
     def _channel_weights(self, query: Query, modality: str) -> dict[str, float]:
-        w = {"image": self.settings.image_weight, "text": self.settings.text_weight, **(query.weights or {})}
+        w = {
+            "image": self.settings.image_weight,
+            "text": self.settings.text_weight,
+            LEXICAL: self.settings.lexical_weight,
+            **(query.weights or {}),
+        }
         if modality == "image":
             return {"image": w["image"], "text": w["text"]}
         share = self.settings.semantic_share
-        return {"image": w["image"], "text": w["text"] * (1 - share), "semantic": w["text"] * share}
+        out = {"image": w["image"], "text": w["text"] * (1 - share), "semantic": w["text"] * share}
+        return {**out, LEXICAL: w[LEXICAL]} if modality == "text" else out
 
     def _stored_vectors(self, item_id: str) -> dict[str, np.ndarray]:
         found = self.store.retrieve([item_id], with_vectors=True, keys=[])
@@ -430,59 +498,6 @@ class SearchEngine:
         w = np.exp(sims - sims.max())
         mean = (w / w.sum()) @ np.stack([p.vectors["text"] for p in near])
         return TextSide(mean / max(float(np.linalg.norm(mean)), 1e-12), texts, borrowed=True)
-
-    def _load_or_fit_calibration(self) -> dict[str, Calibration]:
-        count = self.store.count()
-        schema = self.store.schema()
-        if count < 20 or schema is None:
-            return {}
-        path = Path(self.settings.data_dir) / CALIBRATION_FILE
-        key = {"count": count, "models": schema.models}
-        if path.exists():
-            try:
-                cached = json.loads(path.read_text())
-                if cached.get("key") == key:
-                    return {k: Calibration.from_dict(v) for k, v in cached["channels"].items()}
-            except (ValueError, KeyError) as exc:
-                log.warning("ignoring unreadable %s: %s", path, exc)
-        cal = fit_calibration(self.store, self.settings.calibration_sample)
-        try:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": key, "channels": {k: c.to_dict() for k, c in cal.items()}}))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot cache calibration in %s: %s", path, exc)
-        return cal
-
-
-def sample_records(store: VectorStore, sample: int) -> list:
-    """Up to ``sample`` stored records with their vectors and payload."""
-    ids = []
-    for record in store.scroll(keys=[]):
-        ids.append(record.id)
-        if len(ids) >= sample:
-            break  # point ids are UUIDv5 hashes, so scroll order is already a random sample
-    return store.retrieve(ids, with_vectors=True)
-
-
-def fit_calibration(store: VectorStore, sample: int) -> dict[str, Calibration]:
-    """Fit each channel's calibration on random pairs of stored items (see calibration.py)."""
-    records = sample_records(store, sample)
-    if len(records) < 20:
-        raise StoreError("too few items to calibrate scores")
-    vec = {name: np.stack([r.vectors[name] for r in records]) for name in ("image", "text", "semantic")}
-    pairs = {
-        "text>image": ("text", "image"),
-        "text>text": ("text", "text"),
-        "semantic>semantic": ("semantic", "semantic"),
-        "image>image": ("image", "image"),
-        "image>text": ("image", "text"),
-    }
-    out = {}
-    for channel, (q, v) in pairs.items():
-        scores = background_scores(vec[q], vec[v], n_pairs=20 * len(records), seed=0)
-        out[channel] = fit_background(scores, channel=channel)
-    return out
 
 
 def _rounded(values: np.ndarray) -> list[float]:

@@ -1,4 +1,5 @@
-"""Evaluation harness: P@k, R@k, nDCG@10 and MRR per query type, plus zero-shot tagging accuracy.
+"""Evaluation harness: P@k (and normalised by the best possible, nP@10), R@k, nDCG@10 and MRR per query
+type, plus zero-shot tagging accuracy.
 
 On a catalog with attribute payloads (category, colour, pattern) the queries are generated from the
 attributes; on any catalog a query file (JSONL) gives text and/or image queries with relevant ids.
@@ -44,10 +45,13 @@ class EvalReport:
         return {"metrics": self.rows, "per_group": self.groups, "tagging": self.tagging}
 
     def table(self) -> str:
-        lines = [f"{'query type':<34} {'n':>5} {'P@10':>6} {'R@10':>6} {'nDCG@10':>8} {'MRR':>6}"]
+        head = f"{'query type':<34} {'n':>5} {'P@10':>6} {'nP@10':>6} {'R@10':>6} {'nDCG@10':>8} {'MRR':>6}"
+        lines = [head]
         for name, m in self.rows.items():
+            normalised = f"{m['np@10']:>6.3f}" if "np@10" in m else f"{'-':>6}"  # eval.json of earlier versions
             lines.append(
-                f"{name:<34} {int(m['n']):>5} {m['p@10']:>6.3f} {m['r@10']:>6.3f} {m['ndcg@10']:>8.3f} {m['mrr']:>6.3f}"
+                f"{name:<34} {int(m['n']):>5} {m['p@10']:>6.3f} {normalised} {m['r@10']:>6.3f} "
+                f"{m['ndcg@10']:>8.3f} {m['mrr']:>6.3f}"
             )
         for name, groups in self.groups.items():
             lines.append(f"\n{name}: P@10 per group")
@@ -172,6 +176,8 @@ def run_eval(
     for n, q in enumerate(queries, start=1):
         ranked = [h.id for h in engine.search(q.query)]
         metrics = query_metrics(ranked, q.relevant, ks=(K,))
+        # P@10 over the best a ranking can reach: a code has one right answer, so its best P@10 is 0.1.
+        metrics["np@10"] = metrics[f"p@{K}"] / (min(K, len(q.relevant)) / K)
         per_type[q.type].append(metrics)
         if q.group is not None and q.type.startswith("text: "):
             per_group[q.type][q.group].append(metrics)

@@ -73,15 +73,15 @@ def _number(value: str, key: str, expr: str) -> float:
 
 
 def parse_weights(spec: str | None) -> dict[str, float] | None:
-    """``image=0.6,text=0.4`` -> {"image": 0.6, "text": 0.4}."""
+    """``image=0.6,text=0.4`` -> {"image": 0.6, "text": 0.4}; ``lexical=W`` weighs the BM25 channel."""
     if not spec:
         return None
     out: dict[str, float] = {}
     for part in spec.split(","):
         name, sep, value = part.partition("=")
         name = name.strip()
-        if not sep or name not in {"image", "text"}:
-            raise FilterError(f"malformed weights {spec!r}: use image=W,text=W")
+        if not sep or name not in {"image", "text", "lexical"}:
+            raise FilterError(f"malformed weights {spec!r}: use image=W,text=W,lexical=W")
         try:
             out[name] = float(value)
         except ValueError:

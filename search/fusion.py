@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, TypedDict
 
@@ -267,9 +267,10 @@ class Dedup:
         return {self.ids[i]: self.ids[j] for i, j in self.duplicate_of.items()}
 
 
-def mmr_dedup(ids: Sequence[str], vectors: np.ndarray, threshold: float) -> Dedup:
+def mmr_dedup(ids: Sequence[str], vectors: np.ndarray, threshold: float, keep: Collection[int] = ()) -> Dedup:
     """Collapse near-duplicates in a ranked page: keep an item unless its cosine to an item already kept
-    exceeds ``threshold``; it is then recorded as a duplicate of the most similar kept item.
+    exceeds ``threshold``; it is then recorded as a duplicate of the most similar kept item. Positions
+    in ``keep`` (products asked for by name, such as code matches) are never collapsed.
 
     ``vectors`` is (N, d), row i for ``ids[i]``, best first; rows are L2-normalised here as well.
     """
@@ -286,7 +287,7 @@ def mmr_dedup(ids: Sequence[str], vectors: np.ndarray, threshold: float) -> Dedu
     kept: list[int] = []
     duplicate_of: dict[int, int] = {}
     for i in range(v.shape[0]):
-        if kept:
+        if kept and i not in keep:
             # Rounding can put the cosine of identical unit vectors a hair above 1.
             sims = np.clip(v[kept] @ v[i], -1.0, 1.0)
             j = int(np.argmax(sims))

@@ -12,12 +12,16 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import NoDecode
 
 from indexer import Filter, Settings
 from indexer.images import is_http_url
+from indexer.lexical import CODE_FIELDS
+from indexer.settings import comma_separated
 from indexer.store import RESERVED_KEYS
 
 from .filters import FilterError, parse_filters, parse_weights
+from .understand import Understood
 
 MAX_WEIGHT = 1e6
 Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
@@ -32,6 +36,21 @@ class SearchSettings(Settings):
     image_weight: float = Field(0.6, ge=0)
     text_weight: float = Field(0.4, ge=0)
     semantic_share: float = Field(0.5, ge=0, le=1, description="Part of the text weight on the MiniLM vector.")
+    lexical_weight: float = Field(
+        0.2, ge=0, description="Weight of the BM25 channel in text queries, beside image and text (0: off)."
+    )
+    query_parser: Literal["rules", "vlm", "off"] = Field(
+        "rules", description="How text queries are understood (price words, facet values, codes); vlm: by the VLM."
+    )
+    facet_mode: Literal["filter", "boost"] = Field(
+        "filter", description="What a facet value named in the words does: filter the results, or boost them."
+    )
+    facet_boost: float = Field(0.5, ge=0, description="Boost of a hit matching every named facet, x the top score.")
+    price_field: str | None = Field(None, description="Number field price words filter on; default: price.")
+    code_fields: Annotated[tuple[str, ...], NoDecode] = Field(
+        CODE_FIELDS, description="Fields matched exactly against codes in a query, comma-separated; id: catalog id."
+    )
+    code_matches: int = Field(10, ge=1, le=100, description="Most products an exact code match puts first.")
     candidates: int = Field(40, ge=10, le=5000, description="Candidates fetched per channel.")
     composed_candidates: int = Field(
         200, ge=10, le=10000, description="Candidates of a composed query, shared among its probes."
@@ -73,6 +92,8 @@ class SearchSettings(Settings):
     def rate_limits(self) -> dict[str, str | None]:
         return {"search": self.rate_limit_search, "vlm": self.rate_limit_vlm, "generate": self.rate_limit_generate}
 
+    _codes = field_validator("code_fields", mode="before")(comma_separated)
+
 
 # Payload fields that hold the item's pictures: file paths inside the server, or the catalog's URLs.
 IMAGE_KEYS = frozenset({"image", "images"})
@@ -97,6 +118,7 @@ class Query:
     dedup: bool = True
     fusion: str | None = None
     composed_method: str | None = None
+    literal: bool = False
 
     @property
     def kind(self) -> str:
@@ -129,6 +151,9 @@ class SearchInput(BaseModel):
     fusion: Literal["rrf", "dbsf", "sum", "calibrated"] | None = None
     composed_method: Literal["structured", "arithmetic"] | None = None
     dedup: bool = Field(True, description="Collapse near-identical items.")
+    literal: bool = Field(
+        False, description="Search the words as typed: no price words, facet values or codes read into filters."
+    )
 
     def to_query(
         self, fields: Mapping[str, str], image: Image.Image | None = None, also: Filter | None = None
@@ -151,6 +176,7 @@ class SearchInput(BaseModel):
             dedup=self.dedup,
             fusion=self.fusion,
             composed_method=self.composed_method,
+            literal=self.literal,
         )
 
 
@@ -207,3 +233,20 @@ class Hit:
 def _all_http(value: Any) -> bool:
     values = value if isinstance(value, list | tuple) else [value]
     return bool(values) and all(isinstance(v, str) and is_http_url(v) for v in values)
+
+
+@dataclass
+class SearchResult:
+    """One search: its hits, what its words were read as (None: searched as typed), and notes (such as
+    a channel the index lacks) for the person asking."""
+
+    hits: list[Hit]
+    understood: Understood | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def described(self) -> dict[str, Any] | None:
+        """What was understood and noted, for an answer: None when nothing was."""
+        understood = self.understood.to_dict() if self.understood else None
+        if understood is None and not self.notes:
+            return None
+        return {**(understood or {"summary": ""}), "notes": [*(understood or {}).get("notes", []), *self.notes]}

@@ -165,3 +165,21 @@ def hub_cache(tmp_path, monkeypatch) -> Path:
     # huggingface_hub read the variables at import; every cache lookup reads this constant.
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A scripted OpenAI-compatible chat server on 127.0.0.1 (see support/vlm_doubles.py), one per module."""
+    from support.vlm_doubles import ScriptedChatServer
+
+    with ScriptedChatServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def chat(server):
+    """The module's chat server with its script, requests, responder and delay cleared."""
+    server.reset()
+    server.responder = None
+    server.delay_s = 0.0
+    return server

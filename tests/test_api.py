@@ -91,7 +91,8 @@ def test_json_text_search(api):
         assert 0 <= hit["score"] <= 1
         assert hit["image_url"] == f"/items/{quote(hit['id'])}/image"
         assert "_id" not in hit["payload"] and "_hash" not in hit["payload"]
-        assert set(hit["explanation"]["channels"]) == {"image", "text", "semantic"}
+        assert set(hit["explanation"]["channels"]) == {"image", "text", "semantic", "lexical"}
+    assert body["understood"]["summary"] == "colour = red; category = dress"
     paged = client.post("/search", json={"text": "red dress", "k": 2, "offset": 2, "dedup": False}).json()["hits"]
     full = client.post("/search", json={"text": "red dress", "k": 4, "dedup": False}).json()["hits"]
     assert [h["id"] for h in paged] == [h["id"] for h in full[2:4]]

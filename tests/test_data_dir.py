@@ -32,7 +32,9 @@ def project(tmp_path, tiny_clip_spec, monkeypatch):
 
 
 def search(data_dir: Path, text: str = "red dress") -> list[dict]:
-    result = CliRunner().invoke(app, ["search", text, "--data-dir", str(data_dir), "--json", "--k", "3"])
+    # As typed: "red dress" read as filters would leave one photo of a red dress in this catalog.
+    args = ["search", text, "--literal", "--data-dir", str(data_dir), "--json", "--k", "3"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 

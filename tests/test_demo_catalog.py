@@ -17,6 +17,7 @@ from indexer.demo_catalog import (
     PATTERNS,
     DemoCatalogConfig,
     build_demo_catalog,
+    gtin13,
     load_fashion_mnist,
     pattern_mask,
 )
@@ -70,12 +71,20 @@ def test_rows_have_the_indexer_fields_and_sane_values(fake_dataset, tmp_path):
             "price",
             "brand",
             "in_stock",
+            "sku",
+            "gtin",
         }
+        assert row["sku"] == f"LK-TE{row['id'][-5:]}" and gtin13(row["gtin"][:12]) == row["gtin"]
         cat = next(c for c in CATEGORIES if c.name == row["category"])
         assert cat.price_range[0] <= row["price"] <= cat.price_range[1] + 1
         assert row["colour"] in row["title"].lower() and row["colour"] in row["description"].lower()
         assert Image.open(catalog.parent / row["image"]).size == (40, 40)
         assert not Path(row["image"]).is_absolute()
+
+
+def test_gtin13_check_digit():
+    assert gtin13("400638133393") == "4006381333931"  # a real EAN-13
+    assert gtin13("201000000000") == "2010000000007"
 
 
 def test_a_bigger_build_extends_a_smaller_one(fake_dataset, tmp_path):

@@ -84,7 +84,8 @@ def test_stored_vectors_and_payload(tmp_path, catalog_path, models):
         (rec,) = store.retrieve(["p004"], with_vectors=True)
         assert rec.payload[ID_KEY] == "p004" and len(rec.payload[HASH_KEY]) == 64
         assert rec.payload["colour"] == "black" and rec.payload["price"] == 14
-        assert set(rec.vectors) == {"image", "text", "semantic"}
+        assert set(rec.vectors) == {"image", "text", "semantic", "lexical"}
+        assert rec.vectors.pop("lexical") == models.lexical.document(rec.payload)
         for name, vec in rec.vectors.items():
             assert vec.dtype == np.float32
             assert abs(float(np.linalg.norm(vec)) - 1) < 1e-3, name

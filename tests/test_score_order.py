@@ -35,7 +35,10 @@ def engine(tmp_path_factory, models):
 def queries() -> list[tuple[str, Query]]:
     photo = Image.new("RGB", (48, 48), PALETTE["blue"])
     kinds = {
-        "text": {"text": "red dress"},
+        "text": {"text": "red dress", "literal": True},
+        # Read as price < 40 and category = dress; then a code (an item id) put first.
+        "text understood": {"text": "dresses under 40"},
+        "text with a code": {"text": "p003 dress"},
         "image": {"image": photo},
         "like": {"like": "p003"},
         "composed": {"like": "p003", "text": "in blue"},
@@ -63,19 +66,19 @@ def test_scores_never_increase_down_the_list(engine, name, query):
 
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_min_score_cuts_the_list_on_its_scores(engine, fusion):
-    full = engine.search(Query(text="red dress", fusion=fusion, negative="black", k=12))
+    full = engine.search(Query(text="red dress", fusion=fusion, negative="black", k=12, literal=True))
     cut = full[len(full) // 2].score
-    kept = engine.search(Query(text="red dress", fusion=fusion, negative="black", k=12, min_score=cut))
+    kept = engine.search(Query(text="red dress", fusion=fusion, negative="black", k=12, min_score=cut, literal=True))
     assert [h.id for h in kept] == [h.id for h in full if h.score >= cut]
     assert len(kept) < len(full)
 
 
 def test_the_explanation_names_the_method_and_keeps_the_channels(engine):
-    (hit,) = engine.search(Query(text="red dress", fusion="rrf", k=1))
+    (hit,) = engine.search(Query(text="red dress", fusion="rrf", k=1, literal=True))
     assert hit.explanation["ranked_by"] == "rrf" and hit.explanation["fused"] == pytest.approx(hit.score, abs=1e-6)
     assert {"raw", "calibrated", "rank"} <= set(hit.explanation["channels"]["image"])
-    (penalised,) = engine.search(Query(text="red dress", fusion="rrf", negative="black", k=1))
+    (penalised,) = engine.search(Query(text="red dress", fusion="rrf", negative="black", k=1, literal=True))
     assert penalised.explanation["ranked_by"] == "rrf - negative penalty"
-    reranked = engine.search(Query(text="red dress", rerank="clip", k=6))
+    reranked = engine.search(Query(text="red dress", rerank="clip", k=6, literal=True))
     assert reranked[0].explanation["ranked_by"] == "clip re-rank"
     assert "not_reranked" in reranked[-1].explanation["rerank"]  # past the head of 4

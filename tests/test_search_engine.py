@@ -78,7 +78,9 @@ def engine(tmp_path):
         ]
     )
     enc = LookupEncoder({**TEXTS, **ITEMS}, 4, "lookup")
-    eng = SearchEngine(SearchSettings(data_dir=tmp_path), store=store, models=Models(clip=enc, text=enc))
+    # Words as typed: these cases check the vector channels' exact ranks (query understanding has its own tests).
+    settings = SearchSettings(data_dir=tmp_path, query_parser="off")
+    eng = SearchEngine(settings, store=store, models=Models(clip=enc, text=enc))
     yield eng
     eng.close()
 

@@ -164,7 +164,9 @@ def test_text_search_returns_the_gallery_and_hits(client):
     gallery, status, hits = search(client, "yellow bag")
     assert hits and hits[0]["payload"]["title"] == "yellow bag"
     assert len(gallery) == len(hits) and gallery[0]["caption"].startswith("yellow bag · ")
-    assert "results" in status and "yellow bag" in status
+    # Read as facets, shown above the results (the two yellow bags are one photo: one result).
+    assert "result" in status and "yellow bag" in status
+    assert status.startswith("Understood: **colour = yellow; category = bag**.")
     assert all(0 <= h["score"] <= 1 for h in hits)
     assert hits[0]["explanation"]["channels"]["semantic"]["weight"] == 1.0
 

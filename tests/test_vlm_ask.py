@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from support.vlm_doubles import Scripted, ScriptedChatServer, request_images, request_texts
+from support.vlm_doubles import Scripted, request_images, request_texts
 from typer.testing import CliRunner
 
 from indexer import ImagePolicy, IndexManifest, IndexOptions, index_catalog, open_store, read_catalog
@@ -16,19 +16,6 @@ from search import Query, QueryError, SearchEngine, SearchSettings, parse_filter
 from vlm import AskError, TooManyImages, VLMSettings, ask_catalog, make_vlm, vlm_reranker
 
 PRODUCT_LINE = re.compile(r"^\[([^\]]+)\] ", re.M)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with ScriptedChatServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def chat(server):
-    server.reset()
-    server.responder = None
-    return server
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +63,7 @@ def test_catalog_answer_cites_retrieved_products_and_removes_invented_ids(chat, 
     answer = ask_catalog(vlm_for(chat, engine.settings.data_dir), engine, "red dress for a party", k=4)
     (body,) = chat.requests
     shown = PRODUCT_LINE.findall(request_texts(body))
-    expected = [h.id for h in engine.search(Query(text="red dress for a party", k=4))]
+    expected = [h.id for h in engine.search(Query(text="red dress for a party", k=4, literal=True))]
     assert shown == expected == [s.id for s in answer.retrieved]
     assert len(request_images(body)) == 4
     assert "price: " in request_texts(body) and "Question: red dress for a party" in request_texts(body)
@@ -207,7 +194,8 @@ def test_cli_errors_are_one_clear_line(cli, tmp_path, data_dir):
 
 def test_cli_search_rerank_vlm(cli, chat, data_dir):
     chat.responder = lambda body: Scripted('{"scores": []}')
-    result = cli("search", "red dress", "--rerank", "vlm", "--k", "3", "--data-dir", str(data_dir), "--json")
+    args = ["red dress", "--literal", "--rerank", "vlm", "--k", "3", "--data-dir", str(data_dir), "--json"]
+    result = cli("search", *args)
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
     assert len(hits) == 3 and all(

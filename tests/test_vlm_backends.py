@@ -34,19 +34,6 @@ from vlm import (
 )
 
 
-@pytest.fixture(scope="module")
-def server():
-    with ScriptedChatServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def chat(server):
-    server.reset()
-    server.responder = None
-    return server
-
-
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory) -> Path:
     return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava") / "model")

@@ -10,23 +10,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from support.vlm_doubles import Scripted, ScriptedChatServer, request_images, request_texts
+from support.vlm_doubles import Scripted, request_images, request_texts
 
 from search import Hit, Query
 from vlm import VLMReranker, VLMSettings, make_vlm
-
-
-@pytest.fixture(scope="module")
-def server():
-    with ScriptedChatServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def chat(server):
-    server.reset()
-    server.responder = None
-    return server
 
 
 def hits_with_images(root: Path, n: int) -> list[Hit]:

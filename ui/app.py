@@ -34,7 +34,7 @@ from search import FilterError, QueryError, RerankError, SearchEngine, SearchSet
 from search.access import AccessDenied, WriteGuard, client_key
 from search.jobs import JobConflict, JobRunner
 from search.limits import LimitExceeded, RateLimits
-from vlm import AskError, VLMError, VLMSettings, not_configured, vlm_reranker
+from vlm import AskError, VLMError, VLMSettings, not_configured, vlm_query_parser, vlm_reranker
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +376,8 @@ def create_ui_app(settings: UISettings) -> FastAPI:
     vlm_settings = VLMSettings(data_dir=settings.data_dir)
     # The VLM re-ranker shows the VLM the reference item of "more like this" queries, found through the engine.
     app: FastAPI = app_from_settings(
-        settings, rerankers={"vlm": vlm_reranker(vlm_settings, lookup=lambda i: app.state.engine.get(i))}
+        settings,
+        rerankers={"vlm": vlm_reranker(vlm_settings, lookup=lambda i: app.state.engine.get(i))},
+        parsers={"vlm": vlm_query_parser(vlm_settings)},
     )
     return mount_ui(app, settings)

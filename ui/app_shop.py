@@ -24,6 +24,7 @@ CHANNEL_NAMES = {
     "text": "title and description (CLIP)",
     "semantic": "meaning of the text (MiniLM)",
     "modifier": "the change asked for (CLIP)",
+    "lexical": "the words themselves (BM25)",
 }
 EMPTY_HINT = (
     "Type what you are looking for, drop a photo, or both: a photo plus *in blue* finds things like the photo, "
@@ -58,6 +59,11 @@ def explain_markdown(expl: dict[str, Any]) -> str:
     for name, ch in (expl.get("channels") or {}).items():
         cells = [ch.get("raw", ""), ch.get("calibrated", ""), ch.get("weight", "–"), ch.get("rank") or "–"]
         lines.append(f"| {CHANNEL_NAMES.get(name, name)} | " + " | ".join(str(c) for c in cells) + " |")
+    if code := expl.get("code"):
+        lines += [
+            "",
+            f"Put first: its {html.escape(code['field'])} is “{html.escape(str(code['value']))}”, a code in the search",
+        ]
     if expl.get("parts"):
         lines += ["", "Composed score parts: " + ", ".join(f"{k} {v}" for k, v in expl["parts"].items())]
     if expl.get("attribute"):
@@ -72,6 +78,15 @@ def explain_markdown(expl: dict[str, Any]) -> str:
     if dupes := expl.get("duplicates"):
         lines += ["", f"Hides {len(dupes)} near-identical item(s): " + ", ".join(html.escape(d) for d in dupes)]
     return "\n".join(lines)
+
+
+def understood_markdown(described: dict[str, Any] | None) -> str:
+    """ "Understood: **price < 50; brand = Kestrel**." plus notes, for the line above the results."""
+    if not described:
+        return ""
+    parts = [f"Understood: **{html.escape(described['summary'])}**." if described["summary"] else ""]
+    parts += [html.escape(n[:1].upper() + n[1:]) + "." for n in described["notes"]]
+    return " ".join(p for p in parts if p)
 
 
 def narrowed_by(query: Query) -> str:
@@ -165,6 +180,7 @@ def build_shop_tab(services: Services) -> ShopView:
                 rerank = gr.Radio(["none", "clip", "vlm"], value="none", label="Re-rank", info=vlm_note or None)
                 k = gr.Slider(4, s.max_k, value=min(s.ui_page_size, s.max_k), step=1, label="Results")
     status = gr.Markdown(EMPTY_HINT, elem_id="shop-status", elem_classes="lk-status")
+    literal = gr.Button("Search the words as typed instead", visible=False, elem_id="shop-literal", size="sm")
     with gr.Column(visible=False, elem_id="shop-details") as details:
         with gr.Row(equal_height=False):
             detail_image = gr.Image(show_label=False, interactive=False, height=260, min_width=200, buttons=[])
@@ -182,7 +198,7 @@ def build_shop_tab(services: Services) -> ShopView:
     hits = gr.JSON(visible=False)
     selected = gr.Textbox(visible=False, label="Item id")
 
-    def show(found: list[Hit], what: str) -> tuple[Any, ...]:
+    def show(found: list[Hit], what: str, described: dict[str, Any] | None = None) -> tuple[Any, ...]:
         thumbs = services.thumbs.many([h.payload.get("image") for h in found], s.ui_thumb_px)
         rows = [
             {
@@ -203,17 +219,23 @@ def build_shop_tab(services: Services) -> ShopView:
                 "*Not…* box, or searching with a photo."
             )
         gallery_items = [(t, caption(h)) for t, h in zip(thumbs, found, strict=True)]
-        return gallery_items, text, rows, gr.Column(visible=False)
+        understood = understood_markdown(described)
+        text = f"{understood}\n\n{text}" if understood else text
+        # The way back to the words as typed, whenever they were read as more than words.
+        as_typed = bool(described and (described["summary"] or described.get("fell_back")))
+        return gallery_items, text, rows, gr.Column(visible=False), gr.Button(visible=as_typed)
 
     def run(query_: Query, what: str, request: gr.Request | None) -> tuple[Any, ...]:
         services.count("search", request)
         if query_.rerank == "vlm":
             services.count("vlm", request)
         if engine.store.schema() is None or not engine.store.count():
-            return [], "The index is empty: upload a catalog in the **Catalog** tab, then search here.", [], gr.skip()
+            empty = "The index is empty: upload a catalog in the **Catalog** tab, then search here."
+            return [], empty, [], gr.skip(), gr.Button(visible=False)
         if query_.rerank == "vlm" and not services.vlm_settings.vlm:
             raise VLMNotConfigured(not_configured("Re-ranking with a VLM"))
-        return show(engine.search(query_), what + narrowed_by(query_))
+        result = engine.run(query_)
+        return show(result.hits, what + narrowed_by(query_), result.described())
 
     def search(
         text: str,
@@ -226,10 +248,11 @@ def build_shop_tab(services: Services) -> ShopView:
         rerank: str,
         k: float,
         request: gr.Request,
+        literal: bool = False,
     ) -> tuple[Any, ...]:
         text = (text or "").strip()
         if not text and not image:
-            return [], EMPTY_HINT, [], gr.skip()
+            return [], EMPTY_HINT, [], gr.skip(), gr.Button(visible=False)
         img = decode_upload(Path(image).read_bytes(), services.query_policy()) if image else None
         quoted = f"“{html.escape(text)}”"
         what = f"your photo + {quoted}" if img is not None and text else ("your photo" if img is not None else quoted)
@@ -240,8 +263,9 @@ def build_shop_tab(services: Services) -> ShopView:
             weights={"image": w, "text": 1 - w},
             k=int(k),
             rerank=rerank or "none",
+            literal=literal,
         ).to_query(engine.fields, img, services.facets.get().filter(filters, price_min, price_max))
-        return run(q, what, request)
+        return run(q, what + (" as typed" if literal else ""), request)
 
     def like(
         item_id: str,
@@ -287,7 +311,7 @@ def build_shop_tab(services: Services) -> ShopView:
         return gr.Markdown(explain_markdown(row["explanation"]), visible=True)
 
     filters_in = [filters, price_min, price_max, rerank, k]
-    results = [gallery, status, hits, details]
+    results = [gallery, status, hits, details, literal]
     gr.on(
         # Changing a filter re-runs the search at once, so shoppers see it narrow.
         [go.click, query.submit, image.upload, filters.input, price_min.release, price_max.release],
@@ -295,6 +319,30 @@ def build_shop_tab(services: Services) -> ShopView:
         inputs=[query, image, negative, weight, *filters_in],
         outputs=results,
         api_name="search",
+        concurrency_id="search",
+        scroll_to_output=True,
+    )
+
+    def search_as_typed(
+        text: str,
+        image: str | None,
+        negative: str,
+        image_weight: float,
+        filters: list[str],
+        price_min: float | None,
+        price_max: float | None,
+        rerank: str,
+        k: float,
+        request: gr.Request,
+    ) -> tuple[Any, ...]:
+        args = (text, image, negative, image_weight, filters, price_min, price_max, rerank, k)
+        return search(*args, request, literal=True)
+
+    literal.click(
+        friendly(search_as_typed),
+        inputs=[query, image, negative, weight, *filters_in],
+        outputs=results,
+        api_name="search_as_typed",
         concurrency_id="search",
         scroll_to_output=True,
     )
@@ -340,8 +388,8 @@ def build_shop_tab(services: Services) -> ShopView:
         friendly(why), inputs=[selected, hits], outputs=[explanation], api_visibility="private", concurrency_limit=None
     )
     clear.click(
-        lambda: ("", None, "", [], [], EMPTY_HINT, [], gr.Column(visible=False)),
-        outputs=[query, image, negative, filters, gallery, status, hits, details],
+        lambda: ("", None, "", [], [], EMPTY_HINT, [], gr.Column(visible=False), gr.Button(visible=False)),
+        outputs=[query, image, negative, filters, gallery, status, hits, details, literal],
         api_visibility="private",
         queue=False,
     )

@@ -29,6 +29,8 @@ DEMO_EXAMPLES = (
     ("red striped dress", {}),
     ("blue sneaker", {"filters": ["price<60"]}),
     ("coat", {"negative": "black"}),
+    ("Kestrel sneakers under 60 dollars", {}),
+    ("test-06839", {}),
 )
 
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from indexer import ImageError, ImagePolicy
 from indexer.images import load_image
 from search import FilterError, QueryError, SearchEngine, SearchInput, SearchSettings, invalid_input
-from vlm import vlm_reranker
+from vlm import vlm_query_parser, vlm_reranker
 
 from .cli import AsJson, DataDir, Quiet, UserError, app, emit, user_errors
 
@@ -21,7 +21,11 @@ def open_engine(data_dir: Path | None) -> SearchEngine:
     settings = SearchSettings(**({"data_dir": data_dir} if data_dir else {}))
     try:
         # The VLM is made on the first --rerank vlm query; "like" queries show it the reference item.
-        engine = SearchEngine(settings, rerankers={"vlm": vlm_reranker(settings, lookup=lambda i: engine.get(i))})
+        engine = SearchEngine(
+            settings,
+            rerankers={"vlm": vlm_reranker(settings, lookup=lambda i: engine.get(i))},
+            parsers={"vlm": vlm_query_parser(settings)},
+        )
         return engine
     except QueryError as exc:
         raise UserError(str(exc)) from None
@@ -57,7 +61,12 @@ def search(
     rerank: Annotated[str, typer.Option("--rerank", help="none | clip | vlm")] = "none",
     fusion: Annotated[str | None, typer.Option("--fusion", help="rrf | dbsf | sum | calibrated")] = None,
     no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Keep near-identical items.")] = False,
-    explain: Annotated[bool, typer.Option("--explain", help="Show per-channel scores.")] = False,
+    literal: Annotated[
+        bool, typer.Option("--literal", help="Search the words as typed: no price words, facets or codes read.")
+    ] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show per-channel scores and what was understood.")
+    ] = False,
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
@@ -81,18 +90,46 @@ def search(
                 rerank=rerank,
                 dedup=not no_dedup,
                 fusion=fusion,
+                literal=literal,
             ).to_query(engine.fields, query_image)
-            hits = engine.search(query)
+            result = engine.run(query)
         except (QueryError, FilterError, ImageError) as exc:
             raise UserError(str(exc)) from None
         except ValidationError as exc:
             raise UserError(invalid_input(exc)) from None
         finally:
             engine.close()
-        text_out = format_hits(hits)
-        if explain:
-            text_out += "\n\n" + "\n".join(f"{h.id}: {json.dumps(h.explanation)}" for h in hits)
-        emit([h.to_dict() for h in hits], as_json, text_out)
+        rows, text_out = search_output(result, explain)
+        emit(rows, as_json, text_out)
+
+
+def search_output(result, explain: bool) -> tuple[list[dict], str]:
+    """The hits for --json (each carrying what its search understood, so it stays a list of hits), and
+    the text to print: notes, and with --explain what was understood and every hit's explanation."""
+    described = result.described()
+    text = format_hits(result.hits)
+    if explain:
+        text = understood_lines(described) + text
+        text += "\n\n" + "\n".join(f"{h.id}: {json.dumps(h.explanation)}" for h in result.hits)
+    elif described and (described["notes"] or described.get("fell_back")):
+        text = "\n".join(f"note: {n}" for n in described["notes"]) + "\n" + text
+    rows = [h.to_dict() for h in result.hits]
+    if described:
+        rows = [{**r, "explanation": {**r["explanation"], "understood": described}} for r in rows]
+    return rows, text
+
+
+def understood_lines(described: dict | None) -> str:
+    """ "understood: price < 50; brand = Kestrel (searched “sneakers”)" and any notes, for --explain."""
+    if not described:
+        return ""
+    lines = []
+    if described["summary"]:
+        lines.append(f"understood: {described['summary']} (searched “{described['searched']}”; --literal: as typed)")
+    if described.get("codes"):
+        lines.append("looked up as codes: " + ", ".join(described["codes"]))
+    lines += [f"note: {n}" for n in described["notes"]]
+    return "\n".join(lines) + "\n\n" if lines else ""
 
 
 @app.command("eval")
@@ -106,7 +143,7 @@ def evaluate(
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
-    """Measure P@10, R@10, nDCG@10 and MRR per query type, and zero-shot tagging accuracy."""
+    """Measure P@10 (and over the best possible), R@10, nDCG@10 and MRR per query type, and tagging accuracy."""
     from tqdm import tqdm
 
     from search.evaluate import (
@@ -118,6 +155,7 @@ def evaluate(
         tagging_accuracy,
         upload_queries,
     )
+    from search.evaluate_shopper import shopper_queries
 
     with user_errors():
         engine = open_engine(data_dir)
@@ -132,6 +170,7 @@ def evaluate(
                 todo = attribute_queries(items, per_type=per_type)
                 todo += upload_queries(todo, items, ImagePolicy.from_settings(engine.settings))
                 todo += fusion_queries(todo, ("rrf", "dbsf", "sum", "calibrated"))
+                todo += shopper_queries(items, per_type=per_type)
                 if not todo:
                     raise UserError(
                         "the catalog has no category/colour payloads to generate queries from: pass --queries FILE"

@@ -1,4 +1,4 @@
-"""Vision-language models: visual Q&A, catalog RAG with checked citations, and VLM re-ranking.
+"""Vision-language models: visual Q&A, catalog RAG with checked citations, VLM re-ranking and query parsing.
 
 Backends are chosen by a spec (``LOOKALIKE_VLM``): ``openai:MODEL[@BASE_URL]`` or ``hf:REPO_OR_PATH``.
 """
@@ -20,6 +20,7 @@ from .core import (
 )
 from .factory import make_vlm, vlm_from_settings
 from .parsing import check_citations, extract_json, parse_scores
+from .query_parser import VLMQueryParser, vlm_query_parser
 from .rerank import VLMReranker, vlm_reranker
 from .settings import VLMSettings, not_configured
 
@@ -37,6 +38,7 @@ __all__ = [
     "VLMNotConfigured",
     "VLMReply",
     "VLMRequestError",
+    "VLMQueryParser",
     "VLMReranker",
     "VLMSettings",
     "VLMTimeout",
@@ -50,5 +52,6 @@ __all__ = [
     "not_configured",
     "parse_scores",
     "vlm_from_settings",
+    "vlm_query_parser",
     "vlm_reranker",
 ]

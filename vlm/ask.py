@@ -160,7 +160,9 @@ def ask_catalog(
             f"k={k}: catalog questions show one image per product, and {vlm.spec} takes 1 to "
             f"{vlm.max_images} images per request (LOOKALIKE_VLM_MAX_IMAGES)"
         )
-    hits = engine.search(Query(text=question, filters=filters or Filter(), k=k))
+    # A question is read whole by the VLM, so its words retrieve as typed: read as filters, "which bag
+    # is red?" would show the VLM the red bags only, and leave it nothing to compare them with.
+    hits = engine.search(Query(text=question, filters=filters or Filter(), k=k, literal=True))
     policy = policy or ImagePolicy.from_settings(engine.settings)
     sources, parts, missing = [], [], []
     for hit in hits:

@@ -45,6 +45,10 @@ class VLMSettings(Settings):
     vlm_daily_tokens: int | None = Field(
         None, ge=1, description="Tokens a paid VLM API may spend per UTC day (as its replies report); unset: no cap."
     )
+    vlm_parse_budget_s: float = Field(
+        3.0, gt=0, description="Wall-clock budget of reading one query with the VLM (LOOKALIKE_QUERY_PARSER=vlm)."
+    )
+    vlm_parse_max_tokens: int = Field(300, ge=16, le=4096)
 
     @field_validator("vlm", "vlm_api_key", "vlm_daily_tokens", mode="before")
     @classmethod
