@@ -2,7 +2,8 @@
 
 Synthetic catalogs of the real shapes: 512-d image and text vectors (ViT-B-32) and 384-d semantic vectors
 (MiniLM), clustered by category and colour as product embeddings are (``--cluster-weight 0``: uniform
-random unit vectors, the worst case for the graph), with payloads like the demo's. Each store is loaded as
+random unit vectors, the worst case for the graph), the BM25 channel's sparse vectors of each item's text
+(``--no-lexical`` leaves it out), with payloads like the demo's. Each store is loaded as
 ``lookalike index`` loads a bulk catalog: payload indexes first, no vector index during the load, one
 build at the end. Then it is searched through SearchEngine.search() as in search_latency.py: store side
 p50/p95 for text, more-like-this, composed and filtered queries, and text end to end (CLIP ViT-B-32 and
@@ -38,6 +39,7 @@ from search_latency import TimedStore, measure  # noqa: E402
 
 from indexer import Record, StoreLayout, StoreSchema, build_models, open_store, resolve_device  # noqa: E402
 from indexer.demo_catalog import BRANDS, CATEGORIES, COLOURS, PATTERNS  # noqa: E402
+from indexer.lexical import LEXICAL, LexicalEncoder  # noqa: E402
 from indexer.store import HASH_KEY, ID_KEY  # noqa: E402
 
 DIMS = {"image": 512, "text": 512, "semantic": 384}
@@ -87,14 +89,12 @@ def vectors(start: int, m: int, rng: np.random.Generator, centroids: dict, weigh
     return out
 
 
-def lexical_vectors(items: list[dict]) -> dict[str, list]:
-    """The BM25 channel's sparse vectors, once the stores take them: none yet (StoreSchema has no sparse
-    vectors). When the lexical channel lands, return {"bm25": [its sparse vector of each item's title and
-    description]} here, add the channel to the schema in fill(), and its queries to measure()."""
-    return {}
+def lexical_vectors(items: list[dict], lexical: LexicalEncoder | None) -> dict[str, list]:
+    """The BM25 channel's sparse vector of each item, made from its payload as the indexer makes it."""
+    return {LEXICAL: [lexical.document(item) for item in items]} if lexical else {}
 
 
-def fill(store, n: int, weight: float, seed: int = 0) -> tuple[float, float]:
+def fill(store, n: int, weight: float, lexical: LexicalEncoder | None, seed: int = 0) -> tuple[float, float]:
     """Load ``n`` items as a bulk load does; (load seconds, build seconds)."""
     rng = np.random.default_rng(seed)
     centroids = {
@@ -110,7 +110,7 @@ def fill(store, n: int, weight: float, seed: int = 0) -> tuple[float, float]:
         m = min(BATCH, n - start)
         vecs = vectors(start, m, rng, centroids, weight)
         items = [payload(start + i, rng) for i in range(m)]
-        sparse = lexical_vectors(items)
+        sparse = lexical_vectors(items, lexical)
         rows = [{**{k: v[i] for k, v in vecs.items()}, **{k: v[i] for k, v in sparse.items()}} for i in range(m)]
         store.upsert([Record(item[ID_KEY], item, row) for item, row in zip(items, rows, strict=True)])
     loaded = time.perf_counter()
@@ -137,8 +137,11 @@ def run_child(args: argparse.Namespace) -> None:
     on_disk = args.placement == "disk"
     spec = f"edge:{root / 'store'}" if args.store == "edge" else args.store
     store = open_store(spec) if spec.startswith("edge:") else qdrant_store(spec, args.size, args.placement)
-    store.ensure_schema(StoreSchema(DIMS, {k: "synthetic" for k in DIMS}), StoreLayout(vectors_on_disk=on_disk))
-    load_s, build_s = fill(store, args.size, args.cluster_weight)
+    lexical = None if args.no_lexical else LexicalEncoder()
+    sparse = {LEXICAL: lexical.model_id} if lexical else {}
+    schema = StoreSchema(DIMS, {k: "synthetic" for k in DIMS}, sparse=sparse)
+    store.ensure_schema(schema, StoreLayout(vectors_on_disk=on_disk))
+    load_s, build_s = fill(store, args.size, args.cluster_weight, lexical)
     result = {"load_s": load_s, "build_s": build_s, "disk": disk_bytes(root) if spec.startswith("edge:") else None}
     result["hwm_build"] = vm_status(os.getpid()).get("VmHWM", 0)
     if args.threads:
@@ -181,7 +184,7 @@ def run_config(args: argparse.Namespace, size: int, placement: str) -> dict:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--child", "--size", str(size), "--placement", placement, "--root", tmp]
         cmd += ["--out", str(out), "--queries", str(args.queries), "--cluster-weight", str(args.cluster_weight)]
-        cmd += ["--store", args.store, "--threads", str(args.threads)]
+        cmd += ["--store", args.store, "--threads", str(args.threads)] + (["--no-lexical"] if args.no_lexical else [])
         proc = subprocess.Popen(cmd)
         peak = {"VmRSS": 0, "RssAnon": 0}
         loads = []
@@ -220,6 +223,7 @@ def main() -> None:
     ap.add_argument("--placements", nargs="+", choices=["ram", "disk"], default=["ram", "disk"])
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--cluster-weight", type=float, default=0.5, help="0: uniform random vectors.")
+    ap.add_argument("--no-lexical", action="store_true", help="Leave the BM25 channel out.")
     ap.add_argument("--store", default="edge", help="edge, or qdrant:http://HOST:6333 for a server or cluster.")
     ap.add_argument(
         "--threads",
@@ -243,7 +247,7 @@ def main() -> None:
         f"vectors {DIMS}, cluster weight {args.cluster_weight}, {args.queries} queries per kind, "
         f"store {args.store}, torch threads {args.threads or 'default'}"
     )
-    print("BM25 channel: not in the stores yet (see lexical_vectors)")
+    print(f"BM25 channel: {'left out' if args.no_lexical else 'in the store and in text queries'}")
     print(TARGETS)
     print(
         f"{'items':>10} {'vectors':<8} {'load s':>8} {'build s':>8} {'RSS GB':>6} {'anon':>6} {'disk':>6}  "
