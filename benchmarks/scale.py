@@ -232,7 +232,7 @@ def main() -> None:
         help="Torch threads for the query encoders (0: torch's default). On a machine other work shares, "
         "use 1: with 2 threads each parallel region waits for a descheduled thread (10-20x slower).",
     )
-    ap.add_argument("--dir", default=None, help="Where the stores are built (needs ~15 GB per million items).")
+    ap.add_argument("--dir", default=None, help="Where the stores are built (9 GB per million items at 100k).")
     ap.add_argument("--json", default=None, help="Also write every figure to this file.")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
