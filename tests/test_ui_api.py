@@ -193,6 +193,16 @@ def test_more_like_this_and_like_this_but(client):
     assert composed[0]["explanation"]["query"] == "composed"
 
 
+def test_the_words_as_typed_skip_what_was_understood(client):
+    _, status, understood = search(client, "yellow bag")
+    assert "Understood:" in status and all(h["payload"]["colour"] == "yellow" for h in understood)
+    _, typed_status, typed = client.predict(
+        "yellow bag", None, "", 0.0, [], 10, 39, "none", 24, api_name="/search_as_typed"
+    )
+    assert "as typed" in typed_status and "Understood:" not in typed_status
+    assert len(typed) > len(understood)  # the words alone rank every product
+
+
 def test_search_errors_are_readable_messages(client):
     from gradio_client.exceptions import AppError
 

@@ -247,8 +247,8 @@ def build_shop_tab(services: Services) -> ShopView:
         price_max: float | None,
         rerank: str,
         k: float,
+        literal: bool,
         request: gr.Request,
-        literal: bool = False,
     ) -> tuple[Any, ...]:
         text = (text or "").strip()
         if not text and not image:
@@ -316,31 +316,16 @@ def build_shop_tab(services: Services) -> ShopView:
         # Changing a filter re-runs the search at once, so shoppers see it narrow.
         [go.click, query.submit, image.upload, filters.input, price_min.release, price_max.release],
         friendly(search),
-        inputs=[query, image, negative, weight, *filters_in],
+        inputs=[query, image, negative, weight, *filters_in, gr.State(False)],
         outputs=results,
         api_name="search",
         concurrency_id="search",
         scroll_to_output=True,
     )
 
-    def search_as_typed(
-        text: str,
-        image: str | None,
-        negative: str,
-        image_weight: float,
-        filters: list[str],
-        price_min: float | None,
-        price_max: float | None,
-        rerank: str,
-        k: float,
-        request: gr.Request,
-    ) -> tuple[Any, ...]:
-        args = (text, image, negative, image_weight, filters, price_min, price_max, rerank, k)
-        return search(*args, request, literal=True)
-
     literal.click(
-        friendly(search_as_typed),
-        inputs=[query, image, negative, weight, *filters_in],
+        friendly(search),
+        inputs=[query, image, negative, weight, *filters_in, gr.State(True)],  # the words as typed
         outputs=results,
         api_name="search_as_typed",
         concurrency_id="search",
