@@ -40,6 +40,7 @@ from .index_calibration import CALIBRATION_FILE, load_or_fit_calibration, sample
 from .lexical import ABSENT, CODE_MATCH, LexicalSide, boost_facets, promote_codes, relative_scores
 from .query import Hit, Query, QueryError, SearchResult, SearchSettings
 from .rerank import ClipReranker, NoReranker, Reranker, RerankerFactory, RerankError, rerank_with_budget
+from .text_cache import TextVectors
 from .understand import QueryParser, Understood, understand
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,14 @@ class SearchEngine:
         if store is None or models is None:
             if manifest is None:
                 raise QueryError(f"no index in {settings.data_dir}: run `lookalike index CATALOG` first")
-        self.store = store or open_store(manifest.store, api_key=settings.qdrant_api_key)
+        self.store = store or open_store(manifest.store, settings.server_access())
         vocab = manifest.tag_vocab() if manifest else None
         if models is None:
             models = build_models(
                 manifest.clip_model, manifest.text_model, settings.torch_device(), options=settings.encoder_options()
             )
         self.models = models
+        self.texts = TextVectors(models, settings.query_cache_size)
         if vocab is None and models.tagger is not None:
             vocab = models.tagger.vocab
         self.scale = float(getattr(models.clip, "logit_scale", 100.0))
@@ -163,8 +165,8 @@ class SearchEngine:
         elif query.kind == "image":
             hits = self._fused(query, "image", {"image": reference["image"], "text": reference["image"]}, flt)
         else:
-            text_vec = self.models.clip.encode_texts([query.text])[0]
-            semantic = self.models.text.encode_texts([query.text])[0]
+            text_vec = self.texts.clip(query.text)
+            semantic = self.texts.semantic(query.text)
             vectors = {"image": text_vec, "text": text_vec, "semantic": semantic}
             if (sparse := self.lexical.query_vector(query.text)) is not None:
                 vectors[LEXICAL] = sparse
@@ -298,7 +300,7 @@ class SearchEngine:
 
     def _composed(self, query: Query, ref_vectors: dict[str, np.ndarray], flt: Filter) -> list[Hit]:
         reference = ref_vectors["image"]
-        modifier = self.models.clip.encode_texts([query.text])[0]
+        modifier = self.texts.clip(query.text)
         attribute = find_attribute(query.text, self.label_sets)
         arithmetic = arithmetic_query(reference, modifier, attribute)
         method = query.composed_method or self.settings.composed_method
@@ -369,7 +371,7 @@ class SearchEngine:
     def _apply_negative(self, hits: list[Hit], negative: str) -> list[Hit]:
         if not hits:
             return hits
-        neg = self.models.clip.encode_texts([negative])[0]
+        neg = self.texts.clip(negative)
         raw = self._scores("image", neg, [h.id for h in hits])
         cal = self.calibration()
         similarity = cal["text>image"].apply(raw) if cal else raw

@@ -68,6 +68,7 @@ class SearchSettings(Settings):
     rerank_top_n: int = Field(20, ge=1, le=200)
     rerank_budget_s: float = Field(10.0, gt=0)
     calibration_sample: int = Field(2000, ge=50)
+    query_cache_size: int = Field(4096, ge=0, description="Query texts whose vectors are kept (0: none).")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     catalog_root: Path | None = Field(
         None, description="When set, catalogs and tag files named by server path must be inside this folder."

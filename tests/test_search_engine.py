@@ -212,3 +212,31 @@ def test_real_model_search_calibration_and_min_score(real_engine):
     assert engine.search(Query(image=image, k=1, dedup=False))[0].payload["colour"] == "blue"
     composed = engine.search(Query(like="p000", text="in blue", k=3))
     assert composed and all(h.id != "p000" for h in composed)
+
+
+@pytest.mark.parametrize("size", [0, 8])
+def test_query_texts_asked_again_are_not_encoded_again(tmp_path, engine, size):
+    from prometheus_client import REGISTRY
+
+    encoded: list[str] = []
+
+    class Counting(LookupEncoder):
+        def encode_texts(self, texts):
+            encoded.extend(texts)
+            return super().encode_texts(texts)
+
+    enc = Counting({**TEXTS, **ITEMS}, 4, "lookup")
+    settings = SearchSettings(data_dir=tmp_path, query_parser="off", query_cache_size=size)
+    eng = SearchEngine(settings, store=engine.store, models=Models(clip=enc, text=enc))
+
+    def figure(name: str) -> float:
+        return REGISTRY.get_sample_value(f"lookalike_query_cache_{name}_total", {"tower": "clip"}) or 0.0
+
+    lookups, misses = figure("lookups"), figure("misses")
+    first = eng.search(Query(text="red dress", k=3, negative="blue"))
+    again = eng.search(Query(text="red dress", k=3, negative="blue"))
+    assert [(h.id, h.score) for h in again] == [(h.id, h.score) for h in first]
+    # Per search: the query through CLIP and MiniLM, and the negative through CLIP.
+    assert len(encoded) == (6 if size == 0 else 3)
+    assert figure("lookups") - lookups == 4
+    assert figure("misses") - misses == (4 if size == 0 else 2)
