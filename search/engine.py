@@ -26,6 +26,7 @@ from indexer.store import ID_KEY
 from indexer.tags import label_embeddings
 
 from .calibration import Calibration, combine
+from .collapse import CollapseRules, collapse
 from .composed import (
     ComposedWeights,
     TextSide,
@@ -35,9 +36,9 @@ from .composed import (
     image_space_query,
     label_means,
 )
-from .fusion import FusedHit, fuse, mmr_dedup, penalise
+from .fusion import FusedHit, fuse, penalise
 from .index_calibration import CALIBRATION_FILE, load_or_fit_calibration, sample_records
-from .lexical import ABSENT, CODE_MATCH, LexicalSide, boost_facets, promote_codes, relative_scores
+from .lexical import ABSENT, LexicalSide, boost_facets, promote_codes, relative_scores
 from .query import Hit, Query, QueryError, SearchResult, SearchSettings
 from .rerank import ClipReranker, NoReranker, Reranker, RerankerFactory, RerankError, rerank_with_budget
 from .text_cache import TextVectors
@@ -180,7 +181,10 @@ class SearchEngine:
         hits = promote_codes(hits, codes)
         top_n = self.settings.rerank_top_n
         need = max(query.offset + query.k, 0 if isinstance(reranker, NoReranker) else top_n)
-        hits = self._dedup(hits, need) if query.dedup else self._materialise(hits, need)
+        rules = CollapseRules(
+            self.settings.dedup_threshold if query.dedup else None, self.settings.group_field if query.group else None
+        )
+        hits = collapse(hits, need, self._materialise, rules)
         hits = rerank_with_budget(reranker, query, hits, top_n, self.settings.rerank_budget_s)
         if query.min_score is not None:
             hits = [h for h in hits if h.score >= query.min_score]
@@ -400,36 +404,6 @@ class SearchEngine:
             relevance = None if h.relevance is None else max(h.relevance - f.penalty, 0.0)
             out.append(replace(h, score=f.score * top, explanation=explanation, relevance=relevance))
         return out
-
-    def _dedup(self, hits: list[Hit], need: int) -> list[Hit]:
-        """Collapse near-identical photos until ``need`` distinct hits are known (or all are seen).
-
-        A prefix is deduplicated as it would be within the whole list, so the prefix grows (and its
-        image vectors are fetched) only while duplicates leave the page short.
-        """
-        size = need
-        while True:
-            hits = self._materialise(hits, size)
-            head = hits[:size]
-            if len(head) < 2:
-                return hits
-            named = [i for i, h in enumerate(head) if h.explanation.get("ranked_by") == CODE_MATCH]
-            vectors = np.stack([h.vectors["image"] for h in head])
-            dedup = mmr_dedup([h.id for h in head], vectors, self.settings.dedup_threshold, keep=named)
-            if len(dedup.kept) >= need or size >= len(hits):
-                break
-            size *= 2
-        kept = [head[i] for i in dedup.kept]
-        dupes = dedup.duplicate_ids
-        if dupes:
-            by_kept: dict[str, list[str]] = {}
-            for dup, of in dupes.items():
-                by_kept.setdefault(of, []).append(dup)
-            kept = [
-                replace(h, explanation={**h.explanation, "duplicates": by_kept[h.id]}) if h.id in by_kept else h
-                for h in kept
-            ]
-        return kept
 
     # -- helpers --------------------------------------------------------------------------------
 
