@@ -11,7 +11,9 @@ to load and build the HNSW index, the search latency (p50 and p95, the store cal
 and recall@k against the exact max-sim top k computed with numpy. Both layouts rank by the same max
 over photos; what can differ is what the graph search finds, and at what cost.
 
-    python benchmarks/photo_layouts.py [--products 10000] [--photos 3] [--dims 128 512] [--queries 200]
+    python benchmarks/photo_layouts.py [--products 10000] [--photos 3] [--dims 128 512] [--queries 200] [--exact]
+
+``--exact`` leaves the graph unbuilt, as an index run does below 20,000 new items: searches are brute force.
 """
 
 from __future__ import annotations
@@ -48,18 +50,19 @@ def exact_top(shots: np.ndarray, query: np.ndarray, k: int) -> list[int]:
     return np.argsort(-best, kind="stable")[:k].tolist()
 
 
-def build_multi(path: Path, shots: np.ndarray) -> EdgeStore:
+def build_multi(path: Path, shots: np.ndarray, optimize: bool = True) -> EdgeStore:
     dim = shots.shape[2]
     store = EdgeStore(path)
     store.ensure_schema(StoreSchema({"photos": dim}, {"photos": MODEL}, multi={"photos": "filled"}))
     records = [Record(str(i), {ID_KEY: str(i)}, {"photos": shots[i]}) for i in range(len(shots))]
     for start in range(0, len(records), 1000):
         store.upsert(records[start : start + 1000])
-    store.optimize()
+    if optimize:
+        store.optimize()
     return store
 
 
-def build_per_photo(path: Path, shots: np.ndarray) -> EdgeStore:
+def build_per_photo(path: Path, shots: np.ndarray, optimize: bool = True) -> EdgeStore:
     dim = shots.shape[2]
     store = EdgeStore(path)
     store.ensure_schema(StoreSchema({"image": dim}, {"image": MODEL}))
@@ -70,7 +73,8 @@ def build_per_photo(path: Path, shots: np.ndarray) -> EdgeStore:
     ]
     for start in range(0, len(records), 1000):
         store.upsert(records[start : start + 1000])
-    store.optimize()
+    if optimize:
+        store.optimize()
     return store
 
 
@@ -109,7 +113,7 @@ def measure(dim: int, args: argparse.Namespace) -> None:
     for name, (build, searches) in LAYOUTS.items():
         with tempfile.TemporaryDirectory(prefix="photo-layouts-") as tmp:
             t0 = time.perf_counter()
-            store = build(Path(tmp) / "store", shots)
+            store = build(Path(tmp) / "store", shots, not args.exact)
             built = time.perf_counter() - t0
             for search in searches:
                 p50, p95, recall = _run(store, search, queries, truth, args)
@@ -138,6 +142,7 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=40, help="the engine asks each channel for 40 candidates")
+    parser.add_argument("--exact", action="store_true", help="no HNSW graph: brute-force searches")
     args = parser.parse_args()
     for dim in args.dims:
         measure(dim, args)
