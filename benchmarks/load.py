@@ -2,14 +2,15 @@
 
 Loopback only, bounded in time and count. The server runs on a copy of the index (its data dir and the
 model folder beside it), so the original is never changed. Each shopper runs mixed searches (text, more
-like this, composed, filtered, photo uploads) one after another, as fast as answers come, and sends its
-own bearer id so per-client rate limits apply to each shopper as they would to real ones.
+like this, composed, filtered, photo uploads) one after another, as fast as answers come (or pausing
+``--think-s`` on average between them, as people do), and sends its own bearer id so per-client rate
+limits apply to each shopper as they would to real ones.
 
 Reports, per phase and query kind: requests, requests/s, p50/p95/p99 latency and errors; then whether the
 index job's counts were exact and every added item can be found.
 
 Run after `make demo`: ``python benchmarks/load.py [--data-dir demo-data/index] [--shoppers 20] [--seconds 60]
-[--add 2000]``. Figures only; no assertions.
+[--add 2000] [--think-s 0]``. Figures only; no assertions.
 """
 
 from __future__ import annotations
@@ -65,10 +66,25 @@ def copy_index(data_dir: Path, into: Path) -> Path:
     return into / data_dir.name
 
 
-async def shopper(client: httpx.AsyncClient, n: int, ids: list[str], photos: list[bytes], until: float, tally: Tally):
+@dataclass(frozen=True)
+class Plan:
+    """Who shops: how many, for how long, pausing ``think_s`` on average between a search and the next
+    (0: the next search as soon as an answer comes), starting from these catalog ids and photos."""
+
+    shoppers: int
+    seconds: float
+    think_s: float
+    ids: list[str]
+    photos: list[bytes]
+
+
+async def shopper(client: httpx.AsyncClient, n: int, plan: Plan, until: float, tally: Tally):
     rng = random.Random(n)
     headers = {"Authorization": f"Bearer shopper-{n}"}
+    ids, photos = plan.ids, plan.photos
     while time.monotonic() < until:
+        if plan.think_s > 0:
+            await asyncio.sleep(rng.expovariate(1 / plan.think_s))
         kind = rng.choice(KINDS)
         word, colour = rng.choice(WORDS), rng.choice(COLOURS)
         if kind == "text":
@@ -95,12 +111,12 @@ async def shopper(client: httpx.AsyncClient, n: int, ids: list[str], photos: lis
         tally.latencies[kind].append(time.monotonic() - started)
 
 
-async def phase(url: str, shoppers: int, seconds: float, ids: list[str], photos: list[bytes]) -> Tally:
+async def phase(url: str, plan: Plan, seconds: float) -> Tally:
     tally = Tally()
-    limits = httpx.Limits(max_connections=shoppers, max_keepalive_connections=shoppers)
+    limits = httpx.Limits(max_connections=plan.shoppers, max_keepalive_connections=plan.shoppers)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         until = time.monotonic() + seconds
-        await asyncio.gather(*(shopper(client, n, ids, photos, until, tally) for n in range(shoppers)))
+        await asyncio.gather(*(shopper(client, n, plan, until, tally) for n in range(plan.shoppers)))
     return tally
 
 
@@ -129,7 +145,7 @@ def sample(url: str, n: int) -> tuple[list[str], list[bytes]]:
     return ids, photos
 
 
-def run_job(url: str, catalog: Path, shoppers: int, seconds: float, ids, photos) -> tuple[Tally, float, dict]:
+def run_job(url: str, catalog: Path, plan: Plan) -> tuple[Tally, float, dict]:
     """Start the index job, keep the shoppers going until it ends (at least ``seconds``), return both."""
     with httpx.Client(base_url=url, timeout=60) as client:
         job_id = client.post("/index", json={"catalog": str(catalog)}).raise_for_status().json()["job_id"]
@@ -140,13 +156,13 @@ def run_job(url: str, catalog: Path, shoppers: int, seconds: float, ids, photos)
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             job: dict = {}
             while True:
-                chunk = await phase(url, shoppers, 10.0, ids, photos)
+                chunk = await phase(url, plan, 10.0)
                 for kind in KINDS:
                     tally.latencies[kind] += chunk.latencies[kind]
                     tally.errors[kind] += chunk.errors[kind]
                 job = (await client.get(f"/jobs/{job_id}")).json()
                 print(f"  job {job['status']}: {job['done']}/{job['total']}", file=sys.stderr)
-                if job["status"] not in ("queued", "running") and time.monotonic() - started >= seconds:
+                if job["status"] not in ("queued", "running") and time.monotonic() - started >= plan.seconds:
                     return job
                 if time.monotonic() - started > 3600:
                     return job  # bounded: never more than an hour
@@ -169,6 +185,9 @@ def main() -> None:
     parser.add_argument("--shoppers", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--add", type=int, default=2000, help="Items the index job adds (new ids).")
+    parser.add_argument(
+        "--think-s", type=float, default=0.0, help="Mean pause between a shopper's searches (0: none, a stress test)."
+    )
     args = parser.parse_args()
     if not (args.data_dir / "index.json").exists():
         sys.exit(f"no index in {args.data_dir}: run `make demo` first, or pass --data-dir")
@@ -195,11 +214,13 @@ def main() -> None:
                     sys.exit("the server did not start")
                 time.sleep(0.2)
             ids, photos = sample(url, 200)
-            asyncio.run(phase(url, 2, 5.0, ids, photos))  # warm-up: calibration, first encodes
-            alone = asyncio.run(phase(url, args.shoppers, args.seconds, ids, photos))
-            print(table(f"{args.shoppers} shoppers alone", alone, args.seconds))
-            during, seconds, job = run_job(url, catalog_dir / "catalog.jsonl", args.shoppers, args.seconds, ids, photos)
-            print(table(f"{args.shoppers} shoppers while indexing {args.add} items", during, seconds))
+            plan = Plan(args.shoppers, args.seconds, args.think_s, ids, photos)
+            asyncio.run(phase(url, Plan(2, 5.0, 0.0, ids, photos), 5.0))  # warm-up: calibration, first encodes
+            alone = asyncio.run(phase(url, plan, plan.seconds))
+            who = f"{plan.shoppers} shoppers (think {plan.think_s:g} s)"
+            print(table(f"{who} alone", alone, plan.seconds))
+            during, seconds, job = run_job(url, catalog_dir / "catalog.jsonl", plan)
+            print(table(f"{who} while indexing {args.add} items", during, seconds))
             report = job.get("report") or {}
             print(f"\nindex job: {job['status']}; {json.dumps({k: report.get(k) for k in ('new', 'failed', 'total')})}")
             print(check_added(url, catalog_dir / "catalog.jsonl"))

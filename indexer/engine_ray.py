@@ -277,7 +277,7 @@ class WriteStage:
     """The write stage as a Ray actor, one of several, each with its own client of a ``qdrant:`` store."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        self.store = open_store(spec.store, api_key=spec.qdrant_api_key)
+        self.store = open_store(spec.store, spec.access)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.store.upsert(_records(batch))

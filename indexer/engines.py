@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from .settings import Settings
     from .specs import EncoderOptions
+    from .store import ServerAccess
     from .tags import TagVocab
 
 
@@ -69,4 +70,4 @@ class WorkerSpec:
     tags: TagVocab | None = None
     encoder_options: EncoderOptions | None = None
     store: str = ""
-    qdrant_api_key: str | None = None
+    access: ServerAccess | None = None

@@ -182,7 +182,7 @@ def _worker_spec(target: IndexTarget, settings: Settings) -> WorkerSpec:
         tags=models.tagger.vocab if models.tagger else None,
         encoder_options=settings.encoder_options(),
         store=target.store_spec,
-        qdrant_api_key=settings.qdrant_api_key,
+        access=settings.server_access(),
     )
 
 

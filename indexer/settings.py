@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .catalog_items import FeedFormat, FeedOptions, parse_mapping
 from .lexical import LexicalConfig
 from .specs import EncoderOptions
+from .store import ServerAccess
 
 if TYPE_CHECKING:
     from .encoders import Device
@@ -30,6 +31,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("lookalike-data"), description="Where the index, errors and caches live.")
     store: str | None = Field(None, description="Vector store spec; default edge:DATA_DIR/store.")
     qdrant_api_key: str | None = None
+    qdrant_attempts: int = Field(
+        5, ge=1, le=20, description="Tries per request to a qdrant: server (0.5 s apart, doubling) before it is gone."
+    )
+    qdrant_timeout_s: int = Field(60, ge=1, le=3600, description="Time limit of one request to a qdrant: server.")
     clip_model: str = Field(DEFAULT_CLIP, description="CLIP encoder spec (image and text vectors).")
     text_model: str = Field(DEFAULT_TEXT, description="Sentence-transformers spec for the semantic vector.")
     query_language: str | None = Field(
@@ -85,6 +90,10 @@ class Settings(BaseSettings):
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return parse_mapping(value)
         return value
+
+    def server_access(self) -> ServerAccess:
+        """How ``qdrant:`` stores reach their server."""
+        return ServerAccess(self.qdrant_api_key, self.qdrant_attempts, self.qdrant_timeout_s)
 
     def feed_options(self) -> FeedOptions:
         """How catalog files are read: ``catalog_format`` and ``catalog_map``."""

@@ -252,7 +252,17 @@ class StoreLayout:
     vectors_on_disk: bool = False
 
 
-def open_store(spec: str, api_key: str | None = None) -> VectorStore:
+@dataclass(frozen=True)
+class ServerAccess:
+    """How a ``qdrant:`` store reaches its server: the API key, the tries a request gets before the server
+    counts as gone (waiting 0.5 s, then twice as long each time), and each try's time limit."""
+
+    api_key: str | None = None
+    attempts: int = 5
+    timeout_s: int = 60
+
+
+def open_store(spec: str, access: ServerAccess | None = None) -> VectorStore:
     """Open a store from its spec: ``edge:PATH`` (embedded) or ``qdrant:URL`` (server or cluster)."""
     kind, _, target = spec.partition(":")
     match kind:
@@ -261,8 +271,10 @@ def open_store(spec: str, api_key: str | None = None) -> VectorStore:
 
             return EdgeStore(target)
         case "qdrant":
-            from .store_qdrant import QdrantStore
+            from .store_qdrant import QdrantOptions, QdrantStore
 
-            return QdrantStore(target, api_key=api_key)
+            access = access or ServerAccess()
+            options = QdrantOptions(attempts=access.attempts, timeout_s=access.timeout_s)
+            return QdrantStore(target, api_key=access.api_key, options=options)
         case _:
             raise StoreError(f"unknown store spec {spec!r}: use 'edge:PATH' (embedded) or 'qdrant:http://HOST:6333'")

@@ -340,7 +340,7 @@ def app_from_settings(
         models = build_models(
             settings.clip_model, settings.text_model, settings.torch_device(), options=settings.encoder_options()
         )
-        store = open_store(settings.store_spec(), api_key=settings.qdrant_api_key)
+        store = open_store(settings.store_spec(), settings.server_access())
         engine = SearchEngine(settings, store=store, models=models, rerankers=rerankers, parsers=parsers)
     return create_app(engine, JobRunner(engine), close_on_shutdown=True)
 

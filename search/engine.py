@@ -26,6 +26,7 @@ from indexer.store import ID_KEY, PHOTOS_KEY
 from indexer.tags import label_embeddings
 
 from .calibration import Calibration, combine
+from .collapse import CollapseRules, collapse
 from .composed import (
     ComposedWeights,
     TextSide,
@@ -35,9 +36,9 @@ from .composed import (
     image_space_query,
     label_means,
 )
-from .fusion import FusedHit, fuse, mmr_dedup, penalise
+from .fusion import FusedHit, fuse, penalise
 from .index_calibration import CALIBRATION_FILE, load_or_fit_calibration, sample_records
-from .lexical import ABSENT, CODE_MATCH, LexicalSide, boost_facets, promote_codes, relative_scores
+from .lexical import ABSENT, LexicalSide, boost_facets, promote_codes, relative_scores
 from .photos import (
     PHOTOS,
     calibration_channel,
@@ -49,6 +50,7 @@ from .photos import (
 )
 from .query import Hit, Query, QueryError, SearchResult, SearchSettings
 from .rerank import ClipReranker, NoReranker, Reranker, RerankerFactory, RerankError, rerank_with_budget
+from .text_cache import TextVectors
 from .understand import QueryParser, Understood, understand
 
 log = logging.getLogger(__name__)
@@ -80,13 +82,14 @@ class SearchEngine:
         if store is None or models is None:
             if manifest is None:
                 raise QueryError(f"no index in {settings.data_dir}: run `lookalike index CATALOG` first")
-        self.store = store or open_store(manifest.store, api_key=settings.qdrant_api_key)
+        self.store = store or open_store(manifest.store, settings.server_access())
         vocab = manifest.tag_vocab() if manifest else None
         if models is None:
             models = build_models(
                 manifest.clip_model, manifest.text_model, settings.torch_device(), options=settings.encoder_options()
             )
         self.models = models
+        self.texts = TextVectors(models, settings.query_cache_size)
         if vocab is None and models.tagger is not None:
             vocab = models.tagger.vocab
         self.scale = float(getattr(models.clip, "logit_scale", 100.0))
@@ -174,8 +177,8 @@ class SearchEngine:
         elif query.kind == "image":
             hits = self._fused(query, "image", {"image": reference["image"], "text": reference["image"]}, flt)
         else:
-            text_vec = photo_query = self.models.clip.encode_texts([query.text])[0]
-            semantic = self.models.text.encode_texts([query.text])[0]
+            text_vec = photo_query = self.texts.clip(query.text)
+            semantic = self.texts.semantic(query.text)
             vectors = {"image": text_vec, "text": text_vec, "semantic": semantic}
             if (sparse := self.lexical.query_vector(query.text)) is not None:
                 vectors[LEXICAL] = sparse
@@ -189,7 +192,10 @@ class SearchEngine:
         hits = promote_codes(hits, codes)
         top_n = self.settings.rerank_top_n
         need = max(query.offset + query.k, 0 if isinstance(reranker, NoReranker) else top_n)
-        hits = self._dedup(hits, need) if query.dedup else self._materialise(hits, need)
+        rules = CollapseRules(
+            self.settings.dedup_threshold if query.dedup else None, self.settings.group_field if query.group else None
+        )
+        hits = collapse(hits, need, self._materialise, rules)
         hits = with_best_photos(hits, photo_query)
         hits = rerank_with_budget(reranker, query, hits, top_n, self.settings.rerank_budget_s)
         if query.min_score is not None:
@@ -314,7 +320,7 @@ class SearchEngine:
 
     def _composed(self, query: Query, ref_vectors: dict[str, np.ndarray], flt: Filter) -> list[Hit]:
         reference = ref_vectors["image"]
-        modifier = self.models.clip.encode_texts([query.text])[0]
+        modifier = self.texts.clip(query.text)
         attribute = find_attribute(query.text, self.label_sets)
         arithmetic = arithmetic_query(reference, modifier, attribute)
         method = query.composed_method or self.settings.composed_method
@@ -389,7 +395,7 @@ class SearchEngine:
     def _apply_negative(self, hits: list[Hit], negative: str) -> list[Hit]:
         if not hits:
             return hits
-        neg = self.models.clip.encode_texts([negative])[0]
+        neg = self.texts.clip(negative)
         raw = self._scores("image", neg, [h.id for h in hits])
         cal = self.calibration()
         similarity = cal["text>image"].apply(raw) if cal else raw
@@ -418,36 +424,6 @@ class SearchEngine:
             relevance = None if h.relevance is None else max(h.relevance - f.penalty, 0.0)
             out.append(replace(h, score=f.score * top, explanation=explanation, relevance=relevance))
         return out
-
-    def _dedup(self, hits: list[Hit], need: int) -> list[Hit]:
-        """Collapse near-identical photos until ``need`` distinct hits are known (or all are seen).
-
-        A prefix is deduplicated as it would be within the whole list, so the prefix grows (and its
-        image vectors are fetched) only while duplicates leave the page short.
-        """
-        size = need
-        while True:
-            hits = self._materialise(hits, size)
-            head = hits[:size]
-            if len(head) < 2:
-                return hits
-            named = [i for i, h in enumerate(head) if h.explanation.get("ranked_by") == CODE_MATCH]
-            vectors = np.stack([h.vectors["image"] for h in head])
-            dedup = mmr_dedup([h.id for h in head], vectors, self.settings.dedup_threshold, keep=named)
-            if len(dedup.kept) >= need or size >= len(hits):
-                break
-            size *= 2
-        kept = [head[i] for i in dedup.kept]
-        dupes = dedup.duplicate_ids
-        if dupes:
-            by_kept: dict[str, list[str]] = {}
-            for dup, of in dupes.items():
-                by_kept.setdefault(of, []).append(dup)
-            kept = [
-                replace(h, explanation={**h.explanation, "duplicates": by_kept[h.id]}) if h.id in by_kept else h
-                for h in kept
-            ]
-        return kept
 
     # -- helpers --------------------------------------------------------------------------------
 

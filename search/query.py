@@ -59,6 +59,9 @@ class SearchSettings(Settings):
     dedup_threshold: float = Field(
         0.999, gt=0, le=1, description="Image cosine at which two results count as one photo listed twice."
     )
+    group_field: str | None = Field(
+        "item_group_id", description="Payload field tying variants into one product, shown once (empty: none)."
+    )
     negative_weight: float = Field(0.5, ge=0)
     negative_threshold: float = Field(0.9, gt=0, le=1, description="Calibrated match to a negative that drops.")
     composed_method: Literal["structured", "arithmetic"] = "structured"
@@ -71,6 +74,7 @@ class SearchSettings(Settings):
     rerank_top_n: int = Field(20, ge=1, le=200)
     rerank_budget_s: float = Field(10.0, gt=0)
     calibration_sample: int = Field(2000, ge=50)
+    query_cache_size: int = Field(4096, ge=0, description="Query texts whose vectors are kept (0: none).")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     catalog_root: Path | None = Field(
         None, description="When set, catalogs and tag files named by server path must be inside this folder."
@@ -86,10 +90,12 @@ class SearchSettings(Settings):
     rate_limit_vlm: str | None = Field("30/minute", description="Per client: VLM calls (ask, rerank=vlm).")
     rate_limit_generate: str | None = Field("10/minute", description="Per client: variant generation.")
 
-    @field_validator("admin_token", "rate_limit_search", "rate_limit_vlm", "rate_limit_generate", mode="before")
+    @field_validator(
+        "admin_token", "rate_limit_search", "rate_limit_vlm", "rate_limit_generate", "group_field", mode="before"
+    )
     @classmethod
     def _blank_token_is_unset(cls, value: object) -> object:
-        # Compose passes an unset variable as "": that must not become an empty (guessable) token.
+        # Compose passes an unset variable as "": that must not become an empty (guessable) token, nor a field.
         return None if isinstance(value, str) and not value.strip() else value
 
     def rate_limits(self) -> dict[str, str | None]:
@@ -119,6 +125,7 @@ class Query:
     min_score: float | None = None
     rerank: str = "none"
     dedup: bool = True
+    group: bool = True
     fusion: str | None = None
     composed_method: str | None = None
     literal: bool = False
@@ -155,6 +162,7 @@ class SearchInput(BaseModel):
     fusion: Literal["rrf", "dbsf", "sum", "calibrated"] | None = None
     composed_method: Literal["structured", "arithmetic"] | None = None
     dedup: bool = Field(True, description="Collapse near-identical items.")
+    group: bool = Field(True, description="Show an item group (a product's variants) once, as its best match.")
     literal: bool = Field(
         False, description="Search the words as typed: no price words, facet values or codes read into filters."
     )
@@ -181,6 +189,7 @@ class SearchInput(BaseModel):
             min_score=self.min_score,
             rerank=self.rerank,
             dedup=self.dedup,
+            group=self.group,
             fusion=self.fusion,
             composed_method=self.composed_method,
             literal=self.literal,

@@ -389,3 +389,13 @@ def test_calibrated_mean_is_a_weighted_mean_of_relevances():
     assert [h.id for h in hits] == ["a", "b"]
     # Scale-free in the weights: doubling both leaves a mean.
     assert calibrated_mean(channels, {"image": 1.2, "text": 0.8})[0].score == pytest.approx(scores["a"])
+
+
+def test_first_of_groups():
+    from search.collapse import first_of_groups
+
+    assert first_of_groups(["a", None, "b", "a", "b", None, "a"]) == {3: 0, 4: 2, 6: 0}
+    # Kept positions (products named by code) are never collapsed, and a kept one can open its group.
+    assert first_of_groups(["a", "a", "a"], keep={1}) == {2: 0}
+    assert first_of_groups([None, "a", "a"], keep={1}) == {2: 1}
+    assert first_of_groups([]) == {}

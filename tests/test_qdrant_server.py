@@ -176,3 +176,18 @@ def test_server_dying_during_a_search_answers_503_and_search_recovers(served, qd
 
     qdrant.start()
     assert ranked(served.post("/search", json=QUERY)) == before
+
+
+def test_settings_say_how_long_a_gone_server_is_tried(tmp_path):
+    from indexer import Settings, StoreError
+
+    with QdrantStandIn() as standin:
+        url = standin.url
+    settings = Settings(data_dir=tmp_path, qdrant_attempts=2, qdrant_timeout_s=4)
+    store = open_store(f"qdrant:{url}", settings.server_access())
+    assert (store.options.attempts, store.options.timeout_s) == (2, 4)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="gave up after 2 attempts"):
+        store.count()
+    assert time.monotonic() - started < ANSWER_WITHIN_S
+    store.close()

@@ -65,6 +65,13 @@ TEXTS = {
 
 @pytest.fixture
 def engine(tmp_path):
+    eng = hand_made_engine(tmp_path)
+    yield eng
+    eng.close()
+
+
+def hand_made_engine(tmp_path, extra: dict[str, dict] | None = None, **settings) -> SearchEngine:
+    """The five items above in a real edge store, with ``extra`` payload per item."""
     store = open_store(f"edge:{tmp_path / 'store'}")
     store.ensure_schema(
         StoreSchema({"image": 4, "text": 4, "semantic": 4}, {k: "lookup" for k in ("image", "text", "semantic")})
@@ -73,16 +80,18 @@ def engine(tmp_path):
         store.ensure_payload_index(key, kind)
     store.upsert(
         [
-            Record(i, {**PAYLOAD[i], ID_KEY: i, HASH_KEY: "h", "title": i}, {"image": v, "text": v, "semantic": v})
+            Record(
+                i,
+                {**PAYLOAD[i], **(extra or {}).get(i, {}), ID_KEY: i, HASH_KEY: "h", "title": i},
+                {"image": v, "text": v, "semantic": v},
+            )
             for i, v in ITEMS.items()
         ]
     )
     enc = LookupEncoder({**TEXTS, **ITEMS}, 4, "lookup")
     # Words as typed: these cases check the vector channels' exact ranks (query understanding has its own tests).
-    settings = SearchSettings(data_dir=tmp_path, query_parser="off")
-    eng = SearchEngine(settings, store=store, models=Models(clip=enc, text=enc))
-    yield eng
-    eng.close()
+    config = SearchSettings(data_dir=tmp_path, query_parser="off", **settings)
+    return SearchEngine(config, store=store, models=Models(clip=enc, text=enc))
 
 
 def ids(hits):
@@ -212,3 +221,54 @@ def test_real_model_search_calibration_and_min_score(real_engine):
     assert engine.search(Query(image=image, k=1, dedup=False))[0].payload["colour"] == "blue"
     composed = engine.search(Query(like="p000", text="in blue", k=3))
     assert composed and all(h.id != "p000" for h in composed)
+
+
+@pytest.mark.parametrize("size", [0, 8])
+def test_query_texts_asked_again_are_not_encoded_again(tmp_path, engine, size):
+    from prometheus_client import REGISTRY
+
+    encoded: list[str] = []
+
+    class Counting(LookupEncoder):
+        def encode_texts(self, texts):
+            encoded.extend(texts)
+            return super().encode_texts(texts)
+
+    enc = Counting({**TEXTS, **ITEMS}, 4, "lookup")
+    settings = SearchSettings(data_dir=tmp_path, query_parser="off", query_cache_size=size)
+    eng = SearchEngine(settings, store=engine.store, models=Models(clip=enc, text=enc))
+
+    def figure(name: str) -> float:
+        return REGISTRY.get_sample_value(f"lookalike_query_cache_{name}_total", {"tower": "clip"}) or 0.0
+
+    lookups, misses = figure("lookups"), figure("misses")
+    first = eng.search(Query(text="red dress", k=3, negative="blue"))
+    again = eng.search(Query(text="red dress", k=3, negative="blue"))
+    assert [(h.id, h.score) for h in again] == [(h.id, h.score) for h in first]
+    # Per search: the query through CLIP and MiniLM, and the negative through CLIP.
+    assert len(encoded) == (6 if size == 0 else 3)
+    assert figure("lookups") - lookups == 4
+    assert figure("misses") - misses == (4 if size == 0 else 2)
+
+
+def test_an_item_group_shows_once_as_its_best_matching_variant(tmp_path):
+    groups = {"red-dress": "D1", "blue-dress": "D1", "red-bag": "B1", "blue-bag": "B1"}
+    eng = hand_made_engine(tmp_path, {i: {"item_group_id": g} for i, g in groups.items()})
+    try:
+        hits = eng.search(Query(text="blue", k=5, dedup=False))
+        # blue-dress and blue-bag match "blue" best: each stands for its group; red-dress-2 has none.
+        assert set(ids(hits)) == {"blue-dress", "blue-bag", "red-dress-2"}
+        by_id = {h.id: h for h in hits}
+        assert by_id["blue-dress"].explanation["variants"] == ["red-dress"]
+        assert by_id["blue-bag"].explanation["variants"] == ["red-bag"]
+        assert ids(eng.search(Query(text="red dress", k=1, dedup=False))) in (["red-dress"], ["red-dress-2"])
+        assert len(eng.search(Query(text="blue", k=5, dedup=False, group=False))) == 5
+        # A page short of groups reaches further down the list: two groups and one lone item fill k=3.
+        assert len(eng.search(Query(text="bag", k=3, dedup=False))) == 3
+    finally:
+        eng.close()
+    off = hand_made_engine(tmp_path / "off", {i: {"item_group_id": g} for i, g in groups.items()}, group_field="")
+    try:
+        assert len(off.search(Query(text="blue", k=5, dedup=False))) == 5
+    finally:
+        off.close()

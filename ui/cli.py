@@ -152,7 +152,7 @@ def index(
         models = build_models(clip_spec, text_spec, device, vocab, settings.encoder_options())
         # An existing index keeps its store; a new one gets the settings' (default: DATA_DIR/store).
         store_spec = manifest.store if manifest and "store" not in settings.model_fields_set else settings.store_spec()
-        store = open_store(store_spec, api_key=settings.qdrant_api_key)
+        store = open_store(store_spec, settings.server_access())
         bar = tqdm(total=len(items.items), unit="img", desc="indexing", disable=quiet, dynamic_ncols=True)
         build = _BuildBar(quiet)
         try:
@@ -218,7 +218,7 @@ def info(data_dir: DataDir = None, as_json: AsJson = False) -> None:
         settings = settings_with(data_dir=data_dir)
         manifest = IndexManifest.load(settings.data_dir)
         store_spec = manifest.store if manifest else settings.store_spec()
-        store = open_store(store_spec, api_key=settings.qdrant_api_key)
+        store = open_store(store_spec, settings.server_access())
         try:
             schema = store.schema()
             if schema is None:

@@ -65,6 +65,9 @@ def search(
     rerank: Annotated[str, typer.Option("--rerank", help="none | clip | vlm")] = "none",
     fusion: Annotated[str | None, typer.Option("--fusion", help="rrf | dbsf | sum | calibrated")] = None,
     no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Keep near-identical items.")] = False,
+    no_group: Annotated[
+        bool, typer.Option("--no-group", help="List every variant of an item group, not only the best match.")
+    ] = False,
     literal: Annotated[
         bool, typer.Option("--literal", help="Search the words as typed: no price words, facets or codes read.")
     ] = False,
@@ -93,6 +96,7 @@ def search(
                 min_score=min_score,
                 rerank=rerank,
                 dedup=not no_dedup,
+                group=not no_group,
                 fusion=fusion,
                 literal=literal,
                 photo=photo,
