@@ -149,3 +149,31 @@ def test_an_index_with_main_photos_only_searches_as_before(tmp_path, models):
     with pytest.raises(QueryError, match="has 1 photo"):
         engine.search(Query(like="p001", photo=1))
     store.close()
+
+
+def test_the_api_names_the_photo_and_serves_it(indexed, models):
+    import httpx
+    from test_api import running_server
+
+    from search.api import create_app
+    from search.jobs import JobRunner
+
+    catalog, _, _ = indexed
+    engine = engine_for(indexed, models)
+    with (
+        running_server(create_app(engine, JobRunner(engine))) as base,
+        httpx.Client(base_url=base, timeout=30) as client,
+    ):
+        similar = client.get("/items/p005/similar", params={"photo": 2, "k": 3})
+        assert similar.status_code == 200, similar.text
+        hits = similar.json()["hits"]
+        assert "p005" not in [h["id"] for h in hits]
+        twin = next(h for h in hits if h["id"] == "p006")
+        assert twin["photo"] == 1 and twin["image_url"] == "/items/p006/image?photo=1"
+        served = client.get(twin["image_url"])
+        assert served.status_code == 200 and served.content == (catalog.parent / "images" / "p006-2.png").read_bytes()
+        body = client.post("/search", json={"like": "p005", "photo": 2, "text": "in red", "k": 3})
+        assert body.status_code == 200 and all(h["photo"] is not None for h in body.json()["hits"])
+        bad = client.get("/items/p005/similar", params={"photo": 9})
+        assert bad.status_code == 400 and "photo must be 0 to 2" in bad.text
+        assert client.get("/items/p005/image", params={"photo": 3}).status_code == 404
