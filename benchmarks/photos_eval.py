@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("truth", type=Path, help="index whose payloads hold category/colour/pattern")
     parser.add_argument("indexes", nargs="*", help="LABEL=DIR or LABEL=DIR:main")
     parser.add_argument("--per-type", type=int, default=150)
+    parser.add_argument("--skip-truth", action="store_true", help="only make the queries from TRUTH_DIR")
     args = parser.parse_args()
     engine = SearchEngine(SearchSettings(data_dir=args.truth))
     try:
@@ -47,7 +48,7 @@ def main() -> None:
         queries += upload_queries(queries, items, ImagePolicy.from_settings(engine.settings))
     finally:
         engine.close()
-    runs = [("truth", args.truth, True)]
+    runs = [] if args.skip_truth else [("truth", args.truth, True)]
     for spec in args.indexes:
         label, _, target = spec.partition("=")
         path, _, mode = target.partition(":")
