@@ -45,6 +45,7 @@ from .photos import (
     nearest_photos,
     photo_vector,
     searches_photos,
+    shown_margin,
     stored_name,
     with_best_photos,
 )
@@ -196,7 +197,7 @@ class SearchEngine:
             self.settings.dedup_threshold if query.dedup else None, self.settings.group_field if query.group else None
         )
         hits = collapse(hits, need, self._materialise, rules)
-        hits = with_best_photos(hits, photo_query)
+        hits = with_best_photos(hits, photo_query, self._shown_margin(query))
         hits = rerank_with_budget(reranker, query, hits, top_n, self.settings.rerank_budget_s)
         if query.min_score is not None:
             hits = [h for h in hits if h.score >= query.min_score]
@@ -488,6 +489,9 @@ class SearchEngine:
 
     def _photos(self) -> bool:
         return searches_photos(self.store.schema(), self.settings.all_photos)
+
+    def _shown_margin(self, query: Query) -> float:
+        return shown_margin(self.calibration(), "text>photos" if query.kind == "text" else "image>photos")
 
     def _text_side(self, reference: dict[str, np.ndarray], candidates: list, flt: Filter) -> TextSide | None:
         """The reference's description vector (its own, else its nearest images' mean) and the candidates'."""

@@ -177,3 +177,22 @@ def test_the_api_names_the_photo_and_serves_it(indexed, models):
         bad = client.get("/items/p005/similar", params={"photo": 9})
         assert bad.status_code == 400 and "photo must be 0 to 2" in bad.text
         assert client.get("/items/p005/image", params={"photo": 3}).status_code == 404
+
+
+def test_a_hit_is_shown_by_its_main_photo_unless_another_matches_clearly_better():
+    from indexer.store import PHOTOS_KEY
+    from search import Hit
+    from search.photos import with_best_photos
+
+    def at(degrees: float) -> np.ndarray:
+        return np.array([np.cos(np.radians(degrees)), np.sin(np.radians(degrees))], dtype=np.float32)
+
+    # The main photo at 10 degrees from the query, a second one at 8, a third (its mark "!": not usable) skipped.
+    payload = {PHOTOS_KEY: ["a", "!undecodable", "c"], "images": ["m.png", "bad.png", "c.png"]}
+    hit = Hit("p", 1.0, payload, {}, {"photos": np.stack([at(10), at(8)])})
+    query = at(0)
+    assert with_best_photos([hit], query)[0].photo == 2  # strictly best: the third photo (row 1)
+    assert with_best_photos([hit], query, margin=0.01)[0].photo == 0  # within the margin: the main photo
+    far = Hit("p", 1.0, payload, {}, {"photos": np.stack([at(40), at(8)])})
+    assert with_best_photos([far], query, margin=0.01)[0].photo == 2
+    assert with_best_photos([hit], None) == [hit]
