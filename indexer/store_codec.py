@@ -93,6 +93,20 @@ def check_schema(stored: StoreSchema, requested: StoreSchema, where: str, fix: s
     )
 
 
+def additions(stored: StoreSchema, requested: StoreSchema) -> tuple[list[str], list[str], StoreSchema]:
+    """The sparse vectors and multivectors ``requested`` adds to a store made before them, and the schema
+    then recorded, with the added vectors marked unfilled until every stored item has them."""
+    sparse = [name for name in requested.sparse if name not in stored.sparse]
+    multi = [name for name in requested.multi if name not in stored.multi]
+    schema = StoreSchema(
+        {**stored.vectors, **{n: requested.vectors[n] for n in multi}},
+        {**stored.models, **{n: requested.models[n] for n in multi}},
+        {**stored.sparse, **dict.fromkeys(sparse, "")},
+        {**stored.multi, **dict.fromkeys(multi, "")},
+    )
+    return sparse, multi, schema
+
+
 def check_field_kind(key: str, kind: str) -> None:
     if kind not in FIELD_KINDS:
         raise StoreError(f"payload index on {key!r}: unknown kind {kind!r}; expected one of {FIELD_KINDS}")

@@ -169,29 +169,17 @@ class EdgeStore(SingleSearch):
         self._add_vectors(schema)
 
     def _add_vectors(self, schema: StoreSchema) -> None:
-        """A store made before: sparse vectors and multivectors it lacks are added to the shard, marked
-        unfilled until every stored item has them (set_sparse_model, set_multi_filled)."""
-        stored = self._require_schema()
-        sparse = {name: "" for name in schema.sparse if name not in stored.sparse}
-        multi = {name: "" for name in schema.multi if name not in stored.multi}
+        """A store made before: the sparse vectors and multivectors it lacks are added to the shard."""
+        sparse, multi, self._schema = codec.additions(self._require_schema(), schema)
         if not (sparse or multi):
             return
         for name in sparse:
             self._update(qe.UpdateOperation.create_sparse_vector(name, modifier=qe.Modifier.Idf))
         for name in multi:
-            op = qe.UpdateOperation.create_dense_vector(
-                name, schema.vectors[name], qe.Distance.Cosine, multivector_config=_MAX_SIM
-            )
-            self._update(op)
-        self._schema = replace(
-            stored,
-            vectors={**stored.vectors, **{n: schema.vectors[n] for n in multi}},
-            models={**stored.models, **{n: schema.models[n] for n in multi}},
-            sparse={**stored.sparse, **sparse},
-            multi={**stored.multi, **multi},
-        )
+            size = schema.vectors[name]
+            self._update(qe.UpdateOperation.create_dense_vector(name, size, qe.Distance.Cosine, _MAX_SIM))
         self._write_meta()
-        log.info("store %s: added vector(s) %s", self.path, sorted([*sparse, *multi]))
+        log.info("store %s: added vector(s) %s", self.path, [*sparse, *multi])
 
     def set_sparse_model(self, name: str, model_id: str) -> None:
         schema = self._require_schema()

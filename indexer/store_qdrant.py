@@ -201,34 +201,22 @@ class QdrantStore(SingleSearch):
         log.info("created %s with vectors %s", self._where, schema.vectors)
 
     def _add_vectors(self, schema: StoreSchema) -> None:
-        """Sparse vectors and multivectors for a collection made before them, marked unfilled until every
-        item has them."""
-        stored = self._require_schema()
-        sparse = [name for name in schema.sparse if name not in stored.sparse]
-        multi = [name for name in schema.multi if name not in stored.multi]
+        """Sparse vectors and multivectors for a collection made before them."""
+        sparse, multi, added = codec.additions(self._require_schema(), schema)
         if not (sparse or multi):
             return
-        config = qm.SparseVectorNameConfig(sparse=qm.SparseVectorConfig(modifier=qm.Modifier.IDF))
-        for name in sparse:
-            self._call(self._client.create_vector_name, self.collection, vector_name=name, vector_name_config=config)
+        configs = {
+            name: qm.SparseVectorNameConfig(sparse=qm.SparseVectorConfig(modifier=qm.Modifier.IDF)) for name in sparse
+        }
         for name in multi:
-            size = schema.vectors[name]
-            dense = qm.DenseVectorConfig(size=size, distance=qm.Distance.COSINE, multivector_config=_MAX_SIM)
-            self._call(
-                self._client.create_vector_name,
-                self.collection,
-                vector_name=name,
-                vector_name_config=qm.DenseVectorNameConfig(dense=dense),
+            dense = qm.DenseVectorConfig(
+                size=schema.vectors[name], distance=qm.Distance.COSINE, multivector_config=_MAX_SIM
             )
-        self._write_meta(
-            StoreSchema(
-                {**stored.vectors, **{n: schema.vectors[n] for n in multi}},
-                {**stored.models, **{n: schema.models[n] for n in multi}},
-                {**stored.sparse, **dict.fromkeys(sparse, "")},
-                {**stored.multi, **dict.fromkeys(multi, "")},
-            )
-        )
-        log.info("%s: added vector(s) %s", self._where, [*sparse, *multi])
+            configs[name] = qm.DenseVectorNameConfig(dense=dense)
+        for name, config in configs.items():
+            self._call(self._client.create_vector_name, self.collection, vector_name=name, vector_name_config=config)
+        self._write_meta(added)
+        log.info("%s: added vector(s) %s", self._where, list(configs))
 
     def set_sparse_model(self, name: str, model_id: str) -> None:
         schema = self._require_schema()
