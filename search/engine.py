@@ -197,7 +197,7 @@ class SearchEngine:
             self.settings.dedup_threshold if query.dedup else None, self.settings.group_field if query.group else None
         )
         hits = collapse(hits, need, self._materialise, rules)
-        hits = with_best_photos(hits, photo_query, self._shown_margin(query))
+        hits = with_best_photos(hits[:need], photo_query, self._shown_margin(query)) + hits[need:]
         hits = rerank_with_budget(reranker, query, hits, top_n, self.settings.rerank_budget_s)
         if query.min_score is not None:
             hits = [h for h in hits if h.score >= query.min_score]
@@ -341,14 +341,13 @@ class SearchEngine:
         photos = self._photos()
         image = stored_name("image", photos)
         read = [image] if method == "arithmetic" else [image, "text"]
-        # Photo marks name the photo a candidate is shown by; otherwise no payload is read here.
-        keys = [PHOTOS_KEY] if photos else []
-        requests = [SearchRequest(image, vec, pool, flt, with_vectors=read, keys=keys) for vec in probes]
+        requests = [SearchRequest(image, vec, pool, flt, with_vectors=read, keys=[]) for vec in probes]
         found = {p.id: p for points in self.store.search_batch(requests) for p in points}
         ids = list(found)
         if not ids:
             return []
-        images, shown = nearest_photos([found[i] for i in ids], image, reference)
+        vectors = nearest_photos([found[i] for i in ids], image, reference)
+        images = np.stack([v["image"] for v in vectors])
         cal = self.calibration()
         ref_raw, mod_raw = images @ reference, images @ modifier
         ref_rel = cal[calibration_channel("image>image", photos)].apply(ref_raw) if cal else ref_raw
@@ -390,7 +389,7 @@ class SearchEngine:
                     "modifier": {"raw": mod_raw[i], "calibrated": mod_rel[i]},
                 },
             }
-            hits.append(Hit(ids[i], score[i], {}, explanation, {"image": images[i]}, relevance[i], shown[i]))
+            hits.append(Hit(ids[i], score[i], {}, explanation, vectors[i], relevance[i]))
         return hits
 
     def _apply_negative(self, hits: list[Hit], negative: str) -> list[Hit]:

@@ -65,14 +65,17 @@ def best_row(rows: np.ndarray, query: np.ndarray) -> tuple[int, float]:
     return best, float(scores[best])
 
 
-def nearest_photos(points: Sequence[Any], name: str, reference: np.ndarray) -> tuple[np.ndarray, list[int | None]]:
-    """Composed-query candidates' image vectors and the photos they are: with every photo searched
-    (``name`` is the multivector), each candidate's photo nearest to the reference; else its main photo."""
+def nearest_photos(points: Sequence[Any], name: str, reference: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Composed-query candidates' vectors: ``image``, the photo a candidate is scored by (with every photo
+    searched, ``name`` being the multivector, its photo nearest to the reference; else its main photo),
+    and all its photos, which :func:`with_best_photos` names the shown photo from once the page is known."""
     if name != PHOTOS:
-        return np.stack([p.vectors[name] for p in points]), [None] * len(points)
-    rows = [best_row(p.vectors[PHOTOS], reference)[0] for p in points]
-    images = np.stack([np.asarray(p.vectors[PHOTOS])[r] for p, r in zip(points, rows, strict=True)])
-    return images, [photo_of_row(p.payload, r) for p, r in zip(points, rows, strict=True)]
+        return [{"image": p.vectors[name]} for p in points]
+    out = []
+    for p in points:
+        rows = np.asarray(p.vectors[PHOTOS])
+        out.append({"image": rows[best_row(rows, reference)[0]], PHOTOS: rows})
+    return out
 
 
 # A hit is shown by its main photo unless another photo matches the query better by more than this
@@ -92,8 +95,7 @@ def shown_margin(calibration: dict[str, Any], channel: str) -> float:
 
 def with_best_photos(hits: list[Hit], query: np.ndarray | None, margin: float = 0.0) -> list[Hit]:
     """Each hit with the photo that matches ``query`` (the image channel's query vector) best, where the
-    hit holds its photos; the main photo where no other beats it by more than ``margin``. Composed hits
-    already name theirs."""
+    hit holds its photos; the main photo where no other beats it by more than ``margin``."""
     if query is None:
         return hits
     return [_named(h, query, margin) if h.photo is None and PHOTOS in h.vectors else h for h in hits]
