@@ -35,23 +35,21 @@ from .catalog import Catalog, CatalogItem
 from .encoders import EncoderError, resolve_device
 from .engines import EngineError, RayOptions, WorkerSpec
 from .images import ImagePolicy
+from .photos import stored_marks
 from .pipeline import (
-    Failed,
     IndexOptions,
     IndexReport,
-    ItemPrep,
     Models,
-    Ready,
     RunLog,
-    Skipped,
     begin_load,
     build_records,
     encode_batch,
     fill_missing_lexical,
     finish_index,
+    keeps_photos,
     open_index,
-    prepare_item,
 )
+from .prepare import Failed, ItemPrep, Ready, Skipped, prepare_item
 from .store import ProgressFn, Record, VectorStore, open_store
 
 log = logging.getLogger(__name__)
@@ -93,14 +91,17 @@ def index_catalog_ray(
     report = IndexReport(total=len(catalog.items), errors_path=str(errors_path))
     stored = open_index(store, models, catalog, options)
     fill_missing_lexical(store, models, report)
-    prep = ItemPrep(policy, models.key(), models.clip.image_size, image_transform(models.clip))
+    photos = keeps_photos(store)
+    marks = stored_marks(store) if photos else {}
+    # The encoders hold no store to read kept photo vectors from: a changed product's photos are all embedded.
+    prep = ItemPrep(policy, models.key(), models.clip.image_size, image_transform(models.clip), photos, reuse=False)
     plan = _plan(ray, ray_options, workers)
     log.info("ray engine: %s", plan)
     with bulk.naming_the_on_disk_option(f"the load of {catalog.path}"):
-        is_bulk = begin_load(store, catalog, stored, models.schema(), options)
+        is_bulk = begin_load(store, catalog, stored, store.schema() or models.schema(photos), options)
         with RunLog.open(errors_path, report, stored) as run:
             if catalog.items:
-                dataset = _dataset(ray, catalog, stored, prep, workers, options, plan)
+                dataset = _dataset(ray, catalog, (stored, marks), prep, workers, options, plan)
                 _drain(dataset, catalog, None if plan.writers else store, run, progress)
         finish_index(store, catalog, stored, options, report, is_bulk, build_progress)
     report.seconds = time.perf_counter() - started
@@ -172,7 +173,7 @@ def _plan(ray: Any, options: RayOptions, workers: WorkerSpec) -> _Plan:
 # -- the dataset --------------------------------------------------------------------------------
 
 
-def _dataset(ray, catalog, stored, prep, workers, options, plan):
+def _dataset(ray, catalog, known, prep, workers, options, plan):
     """Catalog rows -> prepared (CPU tasks) -> encoded (actors) [-> written (actors)]: lazy, streamed."""
     import pyarrow as pa
     from ray.data import ActorPoolStrategy, DataContext
@@ -182,6 +183,7 @@ def _dataset(ray, catalog, stored, prep, workers, options, plan):
     if not log.isEnabledFor(logging.INFO):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan and timing lines would break the bar
     items = catalog.items
+    stored, marks = known
     block = max(options.batch_size, math.ceil(len(items) / _BLOCKS))
     tables = [
         pa.table(
@@ -189,11 +191,11 @@ def _dataset(ray, catalog, stored, prep, workers, options, plan):
                 "index": pa.array(range(s, min(s + block, len(items))), pa.int64()),
                 "item": pa.array([pickle.dumps(i) for i in items[s : s + block]], pa.binary()),
                 "stored": pa.array([stored.get(i.id) or "" for i in items[s : s + block]], pa.string()),
+                "photos": pa.array([pickle.dumps(marks.get(i.id)) for i in items[s : s + block]], pa.binary()),
             }
         )
         for s in range(0, len(items), block)
     ]
-    shape = tuple(prep.preprocess(Image.new("RGB", (max(prep.fit, 1),) * 2)).shape)
     dataset = ray.data.from_arrow(tables).map_batches(
         _prepare_batch, batch_size=options.batch_size, batch_format="numpy", fn_kwargs={"prep": prep}
     )
@@ -204,7 +206,7 @@ def _dataset(ray, catalog, stored, prep, workers, options, plan):
         compute=ActorPoolStrategy(size=plan.encoders),
         num_gpus=plan.gpus_per_encoder or None,
         num_cpus=plan.encoder_cpus,
-        fn_constructor_kwargs={"spec": workers, "shape": shape},
+        fn_constructor_kwargs={"spec": workers},
     )
     if plan.writers:
         dataset = dataset.map_batches(
@@ -220,16 +222,17 @@ def _dataset(ray, catalog, stored, prep, workers, options, plan):
 
 def _prepare_batch(batch: dict[str, np.ndarray], prep: ItemPrep) -> dict[str, np.ndarray]:
     """The read-hash-skip-decode-preprocess stage, as a Ray task over one batch of catalog rows."""
-    out: dict[str, Any] = {k: [] for k in ("id", "item", "status", "digest", "pixels", "reason", "error")}
-    for blob, stored in zip(batch["item"], batch["stored"], strict=True):
+    out: dict[str, Any] = {k: [] for k in ("id", "item", "status", "digest", "prepared", "reason", "error")}
+    for blob, stored, marks in zip(batch["item"], batch["stored"], batch["photos"], strict=True):
         item: CatalogItem = pickle.loads(blob)
-        result = prepare_item(item, stored or None, prep)
+        result = prepare_item(item, stored or None, prep, pickle.loads(marks))
         ready = isinstance(result, Ready)
         out["id"].append(item.id)
         out["item"].append(blob)
         out["status"].append(_READY if ready else _SKIPPED if isinstance(result, Skipped) else _FAILED)
         out["digest"].append(result.digest if ready else "")
-        out["pixels"].append(result.pixels.numpy().astype(np.float32, copy=False).tobytes() if ready else b"")
+        # Ready: its photos' pixels, for the encoders; Skipped: the photos still bad, for the errors file.
+        out["prepared"].append(pickle.dumps(result) if not isinstance(result, Failed) else b"")
         out["reason"].append(result.reason if isinstance(result, Failed) else "")
         out["error"].append(result.error if isinstance(result, Failed) else "")
     return {"index": batch["index"], **{k: np.array(v, dtype=object) for k, v in out.items()}}
@@ -238,8 +241,8 @@ def _prepare_batch(batch: dict[str, np.ndarray], prep: ItemPrep) -> dict[str, np
 class EncodeStage:
     """The encode stage as a Ray actor: the models are loaded once per actor, on its own device."""
 
-    def __init__(self, spec: WorkerSpec, shape: tuple[int, ...]) -> None:
-        self.spec, self.shape = spec, shape
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
         self._models: Models | None = None
 
     @property
@@ -256,20 +259,16 @@ class EncodeStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [i for i, status in enumerate(batch["status"]) if status == _READY]
         encoded: list[bytes] = [b""] * len(batch["status"])
+        # The pixels stay behind; the photos that failed go on, for the errors file.
+        after = list(batch["prepared"])
         if rows:
-            ready = [
-                Ready(
-                    pickle.loads(batch["item"][i]),
-                    str(batch["digest"][i]),
-                    # a copy: the batch is a read-only view of Ray's object store
-                    torch.from_numpy(np.frombuffer(batch["pixels"][i], dtype=np.float32).reshape(self.shape).copy()),
-                )
-                for i in rows
-            ]
+            ready = [pickle.loads(batch["prepared"][i]) for i in rows]
             records = build_records(ready, encode_batch(ready, self.models), self.models.lexical)
-            for i, record in zip(rows, records, strict=True):
+            for i, r, record in zip(rows, ready, records, strict=True):
                 encoded[i] = pickle.dumps(record)
-        out = {k: v for k, v in batch.items() if k != "pixels"}
+                after[i] = pickle.dumps(r.photos.failures)
+        out = {k: v for k, v in batch.items() if k != "prepared"}
+        out["prepared"] = np.array(after, dtype=object)
         out["record"] = np.array(encoded, dtype=object)
         return out
 
@@ -333,8 +332,9 @@ def _account(batch: dict[str, np.ndarray], i: int, run: RunLog) -> None:
     status = batch["status"][i]
     if status == _READY:
         run.written(str(batch["id"][i]), str(batch["digest"][i]))
+        run.photo_failed(pickle.loads(batch["item"][i]), pickle.loads(batch["prepared"][i]))
     elif status == _SKIPPED:
-        run.record(Skipped(pickle.loads(batch["item"][i])))
+        run.record(pickle.loads(batch["prepared"][i]))
     else:
         run.record(Failed(pickle.loads(batch["item"][i]), str(batch["reason"][i]), str(batch["error"][i])))
 

@@ -8,6 +8,8 @@ the same steps under the same incremental rule and reports the same way.
 
 Each stored item carries a content hash over its image bytes, its text and payload, and the model ids.
 An item whose hash is already stored is skipped before decoding, so a re-run only reads and hashes.
+A product with several photos has each photo hashed too (see photos.py): a changed product re-embeds
+only the photos whose bytes changed, and one bad photo is reported while the rest are indexed.
 Every upserted batch is committed, so a killed run loses at most the batch in flight, and the
 re-run picks up exactly the items that are not stored yet.
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import time
@@ -30,14 +31,15 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import bulk
 from .catalog import Catalog, CatalogItem
 from .encoders import Encoder
-from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
+from .images import ImagePolicy
 from .lexical import LEXICAL, LexicalEncoder, fill_lexical
-from .store import HASH_KEY, ID_KEY, ProgressFn, Record, StoreLayout, StoreSchema, VectorStore
+from .photos import PHOTOS, PhotoFailure, fill_reused, has_all_photos, stored_marks
+from .prepare import Failed, ItemPrep, Prepared, Ready, Skipped, prepare_item
+from .store import HASH_KEY, ID_KEY, PHOTOS_KEY, ProgressFn, Record, StoreLayout, StoreSchema, VectorStore
 from .tags import Tagger
 
 log = logging.getLogger(__name__)
@@ -62,11 +64,17 @@ class Models:
     tagger: Tagger | None = None
     lexical: LexicalEncoder | None = field(default_factory=LexicalEncoder)
 
-    def schema(self) -> StoreSchema:
+    def schema(self, photos: bool = False) -> StoreSchema:
+        """The store's schema; with ``photos``, every photo of a product is kept (the ``photos`` multivector)."""
+        vectors = {"image": self.clip.dim, "text": self.clip.dim, "semantic": self.text.dim}
+        models = {"image": self.clip.model_id, "text": self.clip.model_id, "semantic": self.text.model_id}
+        if photos:
+            vectors[PHOTOS], models[PHOTOS] = self.clip.dim, self.clip.model_id
         return StoreSchema(
-            vectors={"image": self.clip.dim, "text": self.clip.dim, "semantic": self.text.dim},
-            models={"image": self.clip.model_id, "text": self.clip.model_id, "semantic": self.text.model_id},
+            vectors=vectors,
+            models=models,
             sparse={LEXICAL: self.lexical.model_id} if self.lexical else {},
+            multi={PHOTOS: "filled"} if photos else {},
         )
 
     def key(self) -> str:
@@ -82,6 +90,8 @@ class IndexReport:
     updated: int = 0
     unchanged: int = 0
     failed: int = 0
+    photos_failed: int = 0
+    photos_embedded: int = 0  # photos through the image model (a changed product's unchanged photos are reused)
     pruned: int = 0
     lexical_filled: int = 0
     seconds: float = 0.0
@@ -101,10 +111,11 @@ class IndexReport:
 
     def summary(self) -> str:
         filled = f", lexical vectors added to {self.lexical_filled} stored items" if self.lexical_filled else ""
+        photos = f", {self.photos_failed} photos left out (their products indexed)" if self.photos_failed else ""
         return (
             f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
             f"{self.failed} failed, {self.pruned} pruned in {self.seconds:.1f}s "
-            f"({self.images_per_s:.1f} images/s){filled}"
+            f"({self.images_per_s:.1f} images/s){filled}{photos}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,62 +123,14 @@ class IndexReport:
 
 
 @dataclass
-class Ready:
-    item: CatalogItem
-    digest: str
-    pixels: torch.Tensor
-
-
-@dataclass
-class Skipped:
-    item: CatalogItem
-
-
-@dataclass
-class Failed:
-    item: CatalogItem
-    reason: str
-    error: str
-
-
-Prepared = Ready | Skipped | Failed
-
-
-@dataclass(frozen=True)
-class ItemPrep:
-    """What preparing one item needs: the image policy, the models key the hash covers, and the image
-    model's input side and preprocessing."""
-
-    policy: ImagePolicy
-    models_key: str
-    fit: int
-    preprocess: Callable[[Image.Image], torch.Tensor]
-
-    @classmethod
-    def for_models(cls, models: Models, policy: ImagePolicy) -> ItemPrep:
-        return cls(policy, models.key(), models.clip.image_size, models.clip.preprocess)
-
-
-@dataclass
 class Vectors:
-    """One batch's vectors, row i for item i, and its zero-shot tags."""
+    """One batch's vectors, row i for item i (``photos``: item i's photo rows), and its zero-shot tags."""
 
     image: np.ndarray
     text: np.ndarray
     semantic: np.ndarray
     tags: list[dict[str, Any]]
-
-
-def content_hash(image_bytes: bytes, item: CatalogItem, models_key: str) -> str:
-    h = hashlib.sha256()
-    h.update(hashlib.sha256(image_bytes).digest())
-    parts: list[Any] = [item.title, item.description, item.payload, models_key]
-    if len(item.images) > 1:
-        # Extra photos are stored in the payload, so they are part of the content; a single-photo item
-        # keeps the hash it had before items had several photos, and is not embedded again.
-        parts.append(list(item.images))
-    h.update(json.dumps(parts, sort_keys=True).encode())
-    return h.hexdigest()
+    photos: list[np.ndarray] = field(default_factory=list)
 
 
 def item_text(item: CatalogItem) -> str:
@@ -193,13 +156,15 @@ def index_catalog(
     report = IndexReport(total=len(catalog.items), errors_path=str(errors_path))
     stored = open_index(store, models, catalog, options)
     fill_missing_lexical(store, models, report)
-    prep = ItemPrep.for_models(models, policy)
+    photos = keeps_photos(store)
+    marks = stored_marks(store) if photos else {}
+    prep = ItemPrep.for_models(models, policy, photos)
     with bulk.naming_the_on_disk_option(f"the load of {catalog.path}"):
-        is_bulk = begin_load(store, catalog, stored, models.schema(), options)
+        is_bulk = begin_load(store, catalog, stored, store.schema() or models.schema(photos), options)
         done = 0
         batch: list[Ready] = []
         with RunLog.open(errors_path, report, stored) as run, ThreadPoolExecutor(max(1, options.workers)) as pool:
-            prepare = functools.partial(_prepare_stored, stored=stored, prep=prep)
+            prepare = functools.partial(_prepare_stored, stored=stored, marks=marks, prep=prep)
             for result, waited in _prefetch(pool, prepare, catalog.items, options):
                 report.wait_seconds += waited
                 if isinstance(result, Ready):
@@ -224,8 +189,11 @@ def index_catalog(
 
 def open_index(store: VectorStore, models: Models, catalog: Catalog, options: IndexOptions) -> dict[str, str | None]:
     """Create or check the store's schema and payload indexes (before any point: a bulk load's
-    graph is then built with them), and read what it holds: catalog id -> content hash."""
-    store.ensure_schema(models.schema(), StoreLayout(vectors_on_disk=options.vectors_on_disk))
+    graph is then built with them), and read what it holds: catalog id -> content hash. A catalog with
+    several photos to a product gets (or keeps) the ``photos`` multivector."""
+    known = store.schema()
+    photos = any(len(item.images) > 1 for item in catalog.items) or (known is not None and PHOTOS in known.multi)
+    store.ensure_schema(models.schema(photos), StoreLayout(vectors_on_disk=options.vectors_on_disk))
     fields = {key: ("keyword" if kind == "bool" else kind) for key, kind in catalog.fields.items()}
     if models.tagger:
         fields.update(models.tagger.vocab.fields())
@@ -253,33 +221,29 @@ def begin_load(
     return True
 
 
-def prepare_item(item: CatalogItem, stored_digest: str | None, prep: ItemPrep) -> Prepared:
-    """Read and hash one item; unless its hash is already stored, decode and preprocess its image."""
-    try:
-        data = fetch_bytes(item.image, prep.policy)
-        digest = content_hash(data, item, prep.models_key)
-        if stored_digest == digest:
-            return Skipped(item)
-        image = decode_image(data, item.image, prep.policy, fit=prep.fit)
-        return Ready(item, digest, prep.preprocess(image))
-    except ImageError as exc:
-        return Failed(item, exc.reason, str(exc))
-    except Exception as exc:  # one bad item must never abort the run
-        log.exception("%s: unexpected error preparing %s", item.source, item.id)
-        return Failed(item, "error", f"{type(exc).__name__}: {exc}")
-
-
-def _prepare_stored(item: CatalogItem, stored: dict[str, str | None], prep: ItemPrep) -> Prepared:
-    return prepare_item(item, stored.get(item.id), prep)
+def _prepare_stored(
+    item: CatalogItem, stored: dict[str, str | None], marks: dict[str, tuple[str, ...]], prep: ItemPrep
+) -> Prepared:
+    return prepare_item(item, stored.get(item.id), prep, marks.get(item.id))
 
 
 def encode_batch(batch: list[Ready], models: Models) -> Vectors:
+    """Every photo to embed in the batch goes through the image model at once; reused photos are read
+    from :attr:`PhotoSet.reused` (see :func:`fill_reused`)."""
     texts = [item_text(r.item) for r in batch]
-    image_vecs = models.clip.encode_pixels(torch.stack([r.pixels for r in batch]))
+    flat = [(k, i) for k, r in enumerate(batch) for i in r.photos.pixels]
+    encoded: list[dict[int, np.ndarray]] = [{} for _ in batch]
+    if flat:
+        pixels = torch.stack([batch[k].photos.pixels[i] for k, i in flat])
+        for (k, i), vector in zip(flat, models.clip.encode_pixels(pixels), strict=True):
+            encoded[k][i] = vector
+    photos = [r.photos.matrix(e) for r, e in zip(batch, encoded, strict=True)]
+    # The first usable photo stands in as the main one when the main photo itself could not be used.
+    image_vecs = np.stack([m[0] for m in photos])
     text_vecs = models.clip.encode_texts(texts)
     semantic_vecs = models.text.encode_texts(texts)
     tags = models.tagger.tag(image_vecs) if models.tagger else [{} for _ in batch]
-    return Vectors(image_vecs, text_vecs, semantic_vecs, tags)
+    return Vectors(image_vecs, text_vecs, semantic_vecs, tags, photos)
 
 
 def build_records(batch: list[Ready], vectors: Vectors, lexical: LexicalEncoder | None = None) -> list[Record]:
@@ -300,6 +264,10 @@ def build_records(batch: list[Ready], vectors: Vectors, lexical: LexicalEncoder 
         )
         for r, iv, tv, sv, tag in zip(batch, vectors.image, vectors.text, vectors.semantic, vectors.tags, strict=True)
     ]
+    for r, record, rows in zip(batch, records, vectors.photos, strict=True):
+        if r.photos.keep_all:
+            record.vectors[PHOTOS] = rows
+            record.payload[PHOTOS_KEY] = list(r.photos.marks)
     if lexical is not None:
         for record in records:
             record.vectors[LEXICAL] = lexical.document(record.payload)
@@ -322,12 +290,24 @@ class RunLog:
     def record(self, result: Skipped | Failed) -> None:
         if isinstance(result, Skipped):
             self.report.unchanged += 1
+            self.photo_failed(result.item, result.failures)
             return
         self.report.failed += 1
         self.report.failures[result.reason] = self.report.failures.get(result.reason, 0) + 1
         self.errors.write(json.dumps(error_row(result)) + "\n")
         self.errors.flush()
         log.warning("%s: %s", result.item.source, result.error)
+
+    def photo_failed(self, item: CatalogItem, failures: list[PhotoFailure]) -> None:
+        """Photos left out of a product that is indexed (or kept) with its other photos."""
+        for f in failures:
+            self.report.photos_failed += 1
+            self.report.failures[f.reason] = self.report.failures.get(f.reason, 0) + 1
+            row = {**error_row(Failed(item, f.reason, f.error)), "image": f.image or item.images[f.index]}
+            self.errors.write(json.dumps({**row, "photo": f.index}) + "\n")
+            log.warning("%s: photo %d: %s", item.source, f.index, f.error)
+        if failures:
+            self.errors.flush()
 
     def written(self, item_id: str, digest: str) -> None:
         """One item committed to the store."""
@@ -354,6 +334,10 @@ def finish_index(
         if gone:
             store.delete(gone)
         report.pruned = len(gone)
+    schema = store.schema()
+    if schema is not None and PHOTOS in schema.multi and not schema.filled(PHOTOS) and has_all_photos(store):
+        # Searches use every photo once no stored item lacks them; until then, main photos only.
+        store.set_multi_filled(PHOTOS)
     threshold = options.optimize_threshold
     if is_bulk or report.embedded >= threshold or store.unindexed() >= max(threshold, 1):
         log.info("building the HNSW index after %d upserts", report.embedded)
@@ -391,11 +375,19 @@ def _prefetch(
 
 def _flush(batch: list[Ready], store: VectorStore, models: Models, run: RunLog) -> None:
     t0 = time.perf_counter()
+    fill_reused(((r.item.id, r.photos) for r in batch), store)
+    run.report.photos_embedded += sum(len(r.photos.pixels) for r in batch)
     vectors = encode_batch(batch, models)
     run.report.encode_seconds += time.perf_counter() - t0
     store.upsert(build_records(batch, vectors, models.lexical))
     for r in batch:
         run.written(r.item.id, r.digest)
+        run.photo_failed(r.item, r.photos.failures)
+
+
+def keeps_photos(store: VectorStore) -> bool:
+    schema = store.schema()
+    return schema is not None and PHOTOS in schema.multi
 
 
 def _keyword_bool(value: Any) -> Any:

@@ -1,10 +1,11 @@
 """VectorStore protocol, its value types and the spec-string factory.
 
 One collection holds every product: named dense vectors (``image``, ``text``,
-``semantic``), named sparse vectors (``lexical``: BM25 term weights), the payload,
-and two bookkeeping payload keys, ``_id`` (the catalog id) and ``_hash`` (the content
-hash that makes re-runs incremental). Qdrant wants UUID or integer point ids, so catalog ids are mapped to UUIDv5;
-the catalog id is what every caller sees.
+``semantic``), named multivectors (``photos``: one row per photo, scored by the best row), named
+sparse vectors (``lexical``: BM25 term weights), the payload, and bookkeeping payload keys: ``_id``
+(the catalog id), ``_hash`` (the content hash that makes re-runs incremental) and ``_photos`` (each
+photo's own hash, so an edited product re-embeds only the photos that changed). Qdrant wants UUID
+or integer point ids, so catalog ids are mapped to UUIDv5; the catalog id is what every caller sees.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 
 ID_KEY = "_id"
 HASH_KEY = "_hash"
-RESERVED_KEYS = frozenset({ID_KEY, HASH_KEY})
+PHOTOS_KEY = "_photos"
+RESERVED_KEYS = frozenset({ID_KEY, HASH_KEY, PHOTOS_KEY})
 _NAMESPACE = uuid.UUID("6f1c6c1e-3b0a-5d4e-9a57-1f0f6c0b8a11")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
 
@@ -62,15 +64,24 @@ class SparseVector:
 class StoreSchema:
     """What the collection was built with: dense vector name -> size, dense vector name -> model id,
     and sparse vector name -> the model id every stored item's values come from ("" while a vector
-    added to an existing store is still being filled in)."""
+    added to an existing store is still being filled in). ``multi`` names the dense vectors that hold
+    several rows per item (a max-sim multivector): name -> "filled" once every stored item has it,
+    "" while one added to an existing store is being filled in."""
 
     vectors: dict[str, int]
     models: dict[str, str]
     sparse: dict[str, str] = field(default_factory=dict)
+    multi: dict[str, str] = field(default_factory=dict)
 
     def dense(self) -> StoreSchema:
-        """The part that cannot change once items are stored: a sparse vector can be added or refilled."""
-        return StoreSchema(self.vectors, self.models)
+        """The part that cannot change once items are stored: a sparse vector or a multivector can be
+        added to a store and filled in later."""
+        keep = [name for name in self.vectors if name not in self.multi]
+        return StoreSchema({n: self.vectors[n] for n in keep}, {n: self.models[n] for n in keep if n in self.models})
+
+    def filled(self, name: str) -> bool:
+        """Whether every stored item has the multivector ``name``."""
+        return bool(self.multi.get(name))
 
     def describe_difference(self, other: StoreSchema) -> str:
         lines = []
@@ -166,8 +177,8 @@ class VectorStore(Protocol):
 
     def ensure_schema(self, schema: StoreSchema, layout: StoreLayout | None = None) -> None:
         """Create the collection with ``schema`` (placed as ``layout`` says), or check that its dense vectors
-        match (raise SchemaMismatch) and add the sparse vectors it lacks, recorded as not filled yet. An
-        existing collection keeps the layout it was created with."""
+        match (raise SchemaMismatch) and add the sparse vectors and multivectors it lacks, recorded as not
+        filled yet. An existing collection keeps the layout it was created with."""
 
     def upsert(self, records: Sequence[Record]) -> None: ...
 
@@ -176,6 +187,9 @@ class VectorStore(Protocol):
 
     def set_sparse_model(self, name: str, model_id: str) -> None:
         """Record that every stored item's sparse vector ``name`` now comes from ``model_id``."""
+
+    def set_multi_filled(self, name: str) -> None:
+        """Record that every stored item has the multivector ``name``."""
 
     def facet(self, key: str, limit: int) -> dict[str, int]:
         """Up to ``limit`` of the most frequent values of an indexed keyword field, with their counts."""

@@ -57,6 +57,7 @@ def meta_to_json(schema: StoreSchema, payload_indexes: dict[str, FieldKind]) -> 
         "vectors": dict(schema.vectors),
         "models": dict(schema.models),
         "sparse": dict(schema.sparse),
+        "multi": dict(schema.multi),
         "payload_indexes": dict(payload_indexes),
     }
 
@@ -68,13 +69,18 @@ def meta_from_json(data: Any, where: str) -> tuple[StoreSchema, dict[str, FieldK
         models = {str(k): str(v) for k, v in data["models"].items()}
         # Stores made before the lexical channel record no sparse vectors.
         sparse = {str(k): str(v) for k, v in data.get("sparse", {}).items()}
+        # ... and stores made before several photos per product, no multivectors.
+        multi = {str(k): str(v) for k, v in data.get("multi", {}).items()}
         indexes = {str(k): v for k, v in data.get("payload_indexes", {}).items()}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise StoreError(f"{where}: unreadable lookalike store metadata ({e!r})") from e
     bad = {k: v for k, v in indexes.items() if v not in FIELD_KINDS}
     if bad:
         raise StoreError(f"{where}: unknown payload index kinds {bad}; expected one of {FIELD_KINDS}")
-    return StoreSchema(vectors=vectors, models=models, sparse=sparse), indexes
+    unknown = sorted(set(multi) - set(vectors))
+    if unknown:
+        raise StoreError(f"{where}: multivectors {unknown} have no recorded size")
+    return StoreSchema(vectors=vectors, models=models, sparse=sparse, multi=multi), indexes
 
 
 def check_schema(stored: StoreSchema, requested: StoreSchema, where: str, fix: str) -> None:
@@ -85,6 +91,20 @@ def check_schema(stored: StoreSchema, requested: StoreSchema, where: str, fix: s
         f"{where} was built with other models or vector sizes: "
         f"{stored.describe_difference(requested)}. Vectors from different models cannot be mixed; {fix}"
     )
+
+
+def additions(stored: StoreSchema, requested: StoreSchema) -> tuple[list[str], list[str], StoreSchema]:
+    """The sparse vectors and multivectors ``requested`` adds to a store made before them, and the schema
+    then recorded, with the added vectors marked unfilled until every stored item has them."""
+    sparse = [name for name in requested.sparse if name not in stored.sparse]
+    multi = [name for name in requested.multi if name not in stored.multi]
+    schema = StoreSchema(
+        {**stored.vectors, **{n: requested.vectors[n] for n in multi}},
+        {**stored.models, **{n: requested.models[n] for n in multi}},
+        {**stored.sparse, **dict.fromkeys(sparse, "")},
+        {**stored.multi, **dict.fromkeys(multi, "")},
+    )
+    return sparse, multi, schema
 
 
 def check_field_kind(key: str, kind: str) -> None:
@@ -131,6 +151,9 @@ def to_points(
 def query_vector(schema: StoreSchema | None, name: str, vector: Any, sparse: SparseMaker) -> Any:
     if schema is None:
         raise StoreError("the store is empty: index a catalog before searching it")
+    if name in schema.multi and np.ndim(vector) == 1:
+        # One query vector against a multivector: its best row's cosine (max-sim over one row).
+        vector = np.asarray(vector, dtype=np.float32)[None, :]
     return _vector(schema, name, vector, "query", sparse)
 
 
@@ -145,7 +168,13 @@ def _vector(schema: StoreSchema, name: str, vec: Any, what: str, sparse: SparseM
         known = sorted([*schema.vectors, *schema.sparse])
         raise StoreError(f"{what}: unknown vector {name!r}; the store has {known}")
     arr = np.asarray(vec, dtype=np.float32)
-    if arr.ndim != 1 or arr.shape[0] != schema.vectors[name]:
+    if name in schema.multi:
+        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != schema.vectors[name]:
+            raise StoreError(
+                f"{what}: multivector {name!r} has shape {arr.shape}, "
+                f"the store expects (rows >= 1, {schema.vectors[name]})"
+            )
+    elif arr.ndim != 1 or arr.shape[0] != schema.vectors[name]:
         raise StoreError(f"{what}: vector {name!r} has shape {arr.shape}, the store expects ({schema.vectors[name]},)")
     if not np.isfinite(arr).all():
         raise StoreError(f"{what}: vector {name!r} holds NaN or infinity")

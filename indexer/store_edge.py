@@ -72,6 +72,8 @@ def _sparse(vector: SparseVector) -> qe.SparseVector:
     return qe.SparseVector(list(vector.indices), list(vector.values))
 
 
+# A product's photos: scored by the photo that matches best.
+_MAX_SIM = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
 _QUANTIZED = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=codec.QUANTILE, always_ram=True)
 _RESCORED = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=codec.OVERSAMPLING))
 _EXACT = qe.SearchParams(exact=True)
@@ -149,7 +151,11 @@ class EdgeStore(SingleSearch):
             config = qe.EdgeConfig(
                 vectors={
                     name: qe.EdgeVectorParams(
-                        size=size, distance=qe.Distance.Cosine, quantization_config=_QUANTIZED, memory=_memory(layout)
+                        size=size,
+                        distance=qe.Distance.Cosine,
+                        quantization_config=_QUANTIZED,
+                        memory=_memory(layout),
+                        multivector_config=_MAX_SIM if name in stored.multi else None,
                     )
                     for name, size in stored.vectors.items()
                 },
@@ -160,21 +166,33 @@ class EdgeStore(SingleSearch):
             for key, kind in self._indexes.items():
                 self._update(qe.UpdateOperation.create_field_index(key, _INDEX_TYPES[kind]))
             log.info("created store %s with vectors %s, sparse %s", self.path, stored.vectors, sorted(stored.sparse))
-        added = {name: "" for name in schema.sparse if name not in self._schema.sparse}
-        if added:
-            # A store made before: the sparse vector is added to the shard, and stays marked unfilled
-            # until every stored item has it (set_sparse_model).
-            for name in added:
-                self._update(qe.UpdateOperation.create_sparse_vector(name, modifier=qe.Modifier.Idf))
-            self._schema = replace(self._schema, sparse={**self._schema.sparse, **added})
-            self._write_meta()
-            log.info("store %s: added sparse vector(s) %s", self.path, sorted(added))
+        self._add_vectors(schema)
+
+    def _add_vectors(self, schema: StoreSchema) -> None:
+        """A store made before: the sparse vectors and multivectors it lacks are added to the shard."""
+        sparse, multi, self._schema = codec.additions(self._require_schema(), schema)
+        if not (sparse or multi):
+            return
+        for name in sparse:
+            self._update(qe.UpdateOperation.create_sparse_vector(name, modifier=qe.Modifier.Idf))
+        for name in multi:
+            size = schema.vectors[name]
+            self._update(qe.UpdateOperation.create_dense_vector(name, size, qe.Distance.Cosine, _MAX_SIM))
+        self._write_meta()
+        log.info("store %s: added vector(s) %s", self.path, [*sparse, *multi])
 
     def set_sparse_model(self, name: str, model_id: str) -> None:
         schema = self._require_schema()
         if name not in schema.sparse:
             raise StoreError(f"the store at {self.path} has no sparse vector {name!r}")
         self._schema = replace(schema, sparse={**schema.sparse, name: model_id})
+        self._write_meta()
+
+    def set_multi_filled(self, name: str) -> None:
+        schema = self._require_schema()
+        if name not in schema.multi:
+            raise StoreError(f"the store at {self.path} has no multivector {name!r}")
+        self._schema = replace(schema, multi={**schema.multi, name: "filled"})
         self._write_meta()
 
     def ensure_payload_index(self, key: str, kind: FieldKind) -> None:

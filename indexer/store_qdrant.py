@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx
@@ -61,6 +61,7 @@ _MODELS = codec.FilterModels(
     Range=qm.Range,
     has_id=lambda ids: qm.HasIdCondition(has_id=ids),
 )
+_MAX_SIM = qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM)  # a product's best photo
 _SPARSE = qm.SparseVectorParams(modifier=qm.Modifier.IDF)  # BM25 term weights, IDF applied by the server
 
 
@@ -177,13 +178,18 @@ class QdrantStore(SingleSearch):
                 where=self._where,
                 fix="index into another collection, or delete this one and re-index.",
             )
-            self._add_sparse([name for name in schema.sparse if name not in self._schema.sparse])
+            self._add_vectors(schema)
             return
         self._call(
             self._client.create_collection,
             self.collection,
             vectors_config={
-                name: qm.VectorParams(size=size, distance=qm.Distance.COSINE, on_disk=_on_disk(layout))
+                name: qm.VectorParams(
+                    size=size,
+                    distance=qm.Distance.COSINE,
+                    on_disk=_on_disk(layout),
+                    multivector_config=_MAX_SIM if name in schema.multi else None,
+                )
                 for name, size in schema.vectors.items()
             },
             sparse_vectors_config={name: _SPARSE for name in schema.sparse} or None,
@@ -194,22 +200,35 @@ class QdrantStore(SingleSearch):
         self._schema, self._indexes = schema, {}
         log.info("created %s with vectors %s", self._where, schema.vectors)
 
-    def _add_sparse(self, names: list[str]) -> None:
-        """Sparse vectors for a collection made before them, marked unfilled until every item has them."""
-        if not names:
+    def _add_vectors(self, schema: StoreSchema) -> None:
+        """Sparse vectors and multivectors for a collection made before them."""
+        sparse, multi, added = codec.additions(self._require_schema(), schema)
+        if not (sparse or multi):
             return
-        config = qm.SparseVectorNameConfig(sparse=qm.SparseVectorConfig(modifier=qm.Modifier.IDF))
-        for name in names:
+        configs = {
+            name: qm.SparseVectorNameConfig(sparse=qm.SparseVectorConfig(modifier=qm.Modifier.IDF)) for name in sparse
+        }
+        for name in multi:
+            dense = qm.DenseVectorConfig(
+                size=schema.vectors[name], distance=qm.Distance.COSINE, multivector_config=_MAX_SIM
+            )
+            configs[name] = qm.DenseVectorNameConfig(dense=dense)
+        for name, config in configs.items():
             self._call(self._client.create_vector_name, self.collection, vector_name=name, vector_name_config=config)
-        schema = self._require_schema()
-        self._write_meta(StoreSchema(schema.vectors, schema.models, {**schema.sparse, **dict.fromkeys(names, "")}))
-        log.info("%s: added sparse vector(s) %s", self._where, names)
+        self._write_meta(added)
+        log.info("%s: added vector(s) %s", self._where, list(configs))
 
     def set_sparse_model(self, name: str, model_id: str) -> None:
         schema = self._require_schema()
         if name not in schema.sparse:
             raise StoreError(f"{self._where} has no sparse vector {name!r}")
-        self._write_meta(StoreSchema(schema.vectors, schema.models, {**schema.sparse, name: model_id}))
+        self._write_meta(replace(schema, sparse={**schema.sparse, name: model_id}))
+
+    def set_multi_filled(self, name: str) -> None:
+        schema = self._require_schema()
+        if name not in schema.multi:
+            raise StoreError(f"{self._where} has no multivector {name!r}")
+        self._write_meta(replace(schema, multi={**schema.multi, name: "filled"}))
 
     def _write_meta(self, schema: StoreSchema, indexes: dict[str, FieldKind] | None = None) -> None:
         indexes = self._indexes if indexes is None else indexes

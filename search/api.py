@@ -74,7 +74,8 @@ class HitOut(BaseModel):
     relevance: float | None = Field(description="Calibrated 0-1 relevance, whatever the ranking method.")
     payload: dict[str, Any]
     explanation: dict[str, Any]
-    image_url: str
+    image_url: str = Field(description="The photo that matched best (the main photo unless another one did).")
+    photo: int | None = Field(None, description="Which of the item's images matched best (every photo searched).")
 
 
 class SearchResponse(BaseModel):
@@ -232,10 +233,15 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         return await run_in_threadpool(_run_search, engine, req, upload, started)
 
     @app.get("/items/{item_id:path}/image", responses=_errors(404), response_class=Response)
-    def item_image(item_id: str) -> Response:
+    def item_image(
+        item_id: str, photo: Annotated[int, QueryParam(ge=0, description="Which of its images; 0: the main one.")] = 0
+    ) -> Response:
         """The item's stored image: the file it was indexed from, or a redirect to its URL."""
         hit = _item(engine, item_id)
-        source = hit.payload.get("image")
+        images = hit.payload.get("images") or [hit.payload.get("image")]
+        if photo >= len(images):
+            raise ApiError(404, f"item {item_id!r} has {len(images)} image(s), no photo {photo}", "no_image")
+        source = images[photo] if photo else hit.payload.get("image")
         if not isinstance(source, str) or not source:
             raise ApiError(404, f"item {item_id!r} has no stored image", "no_image")
         if is_url(source):
@@ -253,13 +259,14 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         item_id: str,
         k: Annotated[int, QueryParam(ge=1)] = 10,
         filter: Annotated[list[str] | None, QueryParam(description="Repeatable filter expression.")] = None,
+        photo: Annotated[int | None, QueryParam(ge=0, description="Start from this one of its images.")] = None,
     ) -> SearchResponse:
-        """Items that look like this one (the item itself excluded)."""
+        """Items that look like this one (the item itself excluded), or like one of its photos."""
         started = time.perf_counter()
         limits.hit("search", _client(request))
         _require_index(engine)
         _item(engine, item_id)
-        hits = engine.similar(item_id, k=k, filters=parse_filters(filter or [], engine.fields))
+        hits = engine.similar(item_id, k=k, filters=parse_filters(filter or [], engine.fields), photo=photo)
         SEARCH_SECONDS.labels("image").observe(time.perf_counter() - started)
         return _response(hits, "image", started)
 
@@ -372,6 +379,7 @@ def _response(hits: list[Hit], kind: str, started: float, understood: dict[str, 
                 payload=h.public_payload(),
                 explanation=h.explanation,
                 image_url=h.image_url,
+                photo=h.photo,
             )
             for h in hits
         ],

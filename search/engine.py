@@ -22,7 +22,7 @@ from indexer import (
     open_store,
 )
 from indexer.lexical import LEXICAL
-from indexer.store import ID_KEY
+from indexer.store import ID_KEY, PHOTOS_KEY
 from indexer.tags import label_embeddings
 
 from .calibration import Calibration, combine
@@ -39,6 +39,16 @@ from .composed import (
 from .fusion import FusedHit, fuse, penalise
 from .index_calibration import CALIBRATION_FILE, load_or_fit_calibration, sample_records
 from .lexical import ABSENT, LexicalSide, boost_facets, promote_codes, relative_scores
+from .photos import (
+    PHOTOS,
+    calibration_channel,
+    nearest_photos,
+    photo_vector,
+    searches_photos,
+    shown_margin,
+    stored_name,
+    with_best_photos,
+)
 from .query import Hit, Query, QueryError, SearchResult, SearchSettings
 from .rerank import ClipReranker, NoReranker, Reranker, RerankerFactory, RerankError, rerank_with_budget
 from .text_cache import TextVectors
@@ -155,10 +165,12 @@ class SearchEngine:
         codes = []
         reference: dict[str, np.ndarray] = {}
         if query.like is not None:
-            reference = self._stored_vectors(query.like)
+            reference = self._stored_vectors(query.like, query.photo)
             flt = Filter(flt.must, (*flt.must_not, Condition(ID_KEY, "eq", query.like)))
         elif query.image is not None:
             reference = {"image": self.models.clip.encode_images([query.image])[0]}
+        # The image channel's query vector: a hit shows the photo nearest to it.
+        photo_query = reference.get("image")
         if query.kind == "composed":
             hits = self._composed(query, reference, flt)
         elif query.like is not None:
@@ -166,7 +178,7 @@ class SearchEngine:
         elif query.kind == "image":
             hits = self._fused(query, "image", {"image": reference["image"], "text": reference["image"]}, flt)
         else:
-            text_vec = self.texts.clip(query.text)
+            text_vec = photo_query = self.texts.clip(query.text)
             semantic = self.texts.semantic(query.text)
             vectors = {"image": text_vec, "text": text_vec, "semantic": semantic}
             if (sparse := self.lexical.query_vector(query.text)) is not None:
@@ -185,6 +197,7 @@ class SearchEngine:
             self.settings.dedup_threshold if query.dedup else None, self.settings.group_field if query.group else None
         )
         hits = collapse(hits, need, self._materialise, rules)
+        hits = with_best_photos(hits[:need], photo_query, self._shown_margin(query)) + hits[need:]
         hits = rerank_with_budget(reranker, query, hits, top_n, self.settings.rerank_budget_s)
         if query.min_score is not None:
             hits = [h for h in hits if h.score >= query.min_score]
@@ -194,8 +207,8 @@ class SearchEngine:
         found = self.store.retrieve([item_id])
         return Hit(found[0].id, 1.0, found[0].payload, {}) if found else None
 
-    def similar(self, item_id: str, k: int = 10, filters: Filter | None = None) -> list[Hit]:
-        return self.search(Query(like=item_id, k=k, filters=filters or Filter()))
+    def similar(self, item_id: str, k: int = 10, filters: Filter | None = None, photo: int | None = None) -> list[Hit]:
+        return self.search(Query(like=item_id, k=k, filters=filters or Filter(), photo=photo))
 
     def attribute_means(self) -> dict[str, np.ndarray]:
         """Per label set with zero-shot tags in the payload: the mean image vector of each label."""
@@ -229,7 +242,9 @@ class SearchEngine:
         # One store call: each channel's top `pool` and every candidate's exact score on every channel.
         # Ids and scores only: making stored vectors and payloads into Python objects costs more than
         # the searches; the page's payloads and image vectors are fetched at the end.
-        union = self.store.search_union({n: vectors[n] for n in names}, pool, flt)
+        photos = self._photos()
+        found = self.store.search_union({stored_name(n, photos): vectors[n] for n in names}, pool, flt)
+        union = {n: found[stored_name(n, photos)] for n in names}
         if not names or not union[names[0]]:
             return []
         channels = {n: [(p.id, p.score) for p in union[n][:pool]] for n in names}
@@ -276,7 +291,8 @@ class SearchEngine:
             return relative_scores(raw)
         cal = self.calibration()
         # Too small an index to calibrate on: raw cosines, floored at 0 like a calibrated relevance.
-        return cal[CHANNELS[modality][name]].apply(raw) if cal else np.clip(raw, 0.0, 1.0)
+        channel = calibration_channel(CHANNELS[modality][name], self._photos())
+        return cal[channel].apply(raw) if cal else np.clip(raw, 0.0, 1.0)
 
     def _scores(self, vector_name: str, vector: np.ndarray, ids: list[str]) -> np.ndarray:
         """Cosine of ``vector`` to each item's stored ``vector_name`` vector, computed in the store."""
@@ -290,7 +306,8 @@ class SearchEngine:
         if not lacking:
             return hits
         # Composed hits already hold their image vectors: then only the payloads are fetched.
-        vectors = ["image"] if any("image" not in h.vectors for h in lacking) else False
+        vectors = ["image", PHOTOS] if self._photos() else ["image"]
+        vectors = vectors if any("image" not in h.vectors for h in lacking) else False
         records = {r.id: r for r in self.store.retrieve([h.id for h in lacking], with_vectors=vectors)}
         out = []
         for h in hits[:upto]:
@@ -321,16 +338,19 @@ class SearchEngine:
         pool = max(self.settings.composed_candidates // len(probes), query.k + query.offset)
         # The probes bring the vectors the scoring reads: one store call, and candidates found by
         # several probes cost a few repeated vectors rather than a second fetch of all of them.
-        read = ["image"] if method == "arithmetic" else ["image", "text"]
-        requests = [SearchRequest("image", vec, pool, flt, with_vectors=read, keys=[]) for vec in probes]
+        photos = self._photos()
+        image = stored_name("image", photos)
+        read = [image] if method == "arithmetic" else [image, "text"]
+        requests = [SearchRequest(image, vec, pool, flt, with_vectors=read, keys=[]) for vec in probes]
         found = {p.id: p for points in self.store.search_batch(requests) for p in points}
         ids = list(found)
         if not ids:
             return []
-        images = np.stack([found[i].vectors["image"] for i in ids])
+        vectors = nearest_photos([found[i] for i in ids], image, reference)
+        images = np.stack([v["image"] for v in vectors])
         cal = self.calibration()
         ref_raw, mod_raw = images @ reference, images @ modifier
-        ref_rel = cal["image>image"].apply(ref_raw) if cal else ref_raw
+        ref_rel = cal[calibration_channel("image>image", photos)].apply(ref_raw) if cal else ref_raw
         mod_rel = cal["text>image"].apply(mod_raw) if cal else mod_raw
         if method == "arithmetic":
             order_score = images @ arithmetic
@@ -369,7 +389,7 @@ class SearchEngine:
                     "modifier": {"raw": mod_raw[i], "calibrated": mod_rel[i]},
                 },
             }
-            hits.append(Hit(ids[i], score[i], {}, explanation, {"image": images[i]}, relevance[i]))
+            hits.append(Hit(ids[i], score[i], {}, explanation, vectors[i], relevance[i]))
         return hits
 
     def _apply_negative(self, hits: list[Hit], negative: str) -> list[Hit]:
@@ -417,6 +437,8 @@ class SearchEngine:
             )
         if query.image is not None and query.like is not None:
             raise QueryError("give either an image or an item id (like), not both")
+        if query.photo is not None and query.like is None:
+            raise QueryError("photo picks one of the photos of the item searched like: give like as well")
         if not 1 <= query.k <= self.settings.max_k:
             raise QueryError(f"k must be between 1 and {self.settings.max_k}, got {query.k}")
         if query.offset < 0 or query.offset + query.k > self.settings.candidates * 10:
@@ -452,11 +474,23 @@ class SearchEngine:
         out = {"image": w["image"], "text": w["text"] * (1 - share), "semantic": w["text"] * share}
         return {**out, LEXICAL: w[LEXICAL]} if modality == "text" else out
 
-    def _stored_vectors(self, item_id: str) -> dict[str, np.ndarray]:
-        found = self.store.retrieve([item_id], with_vectors=True, keys=[])
+    def _stored_vectors(self, item_id: str, photo: int | None = None) -> dict[str, np.ndarray]:
+        """The item's stored vectors; with ``photo``, that photo's vector as its image vector."""
+        keys = [] if photo is None else ["image", "images", PHOTOS_KEY]
+        found = self.store.retrieve([item_id], with_vectors=True, keys=keys)
         if not found:
             raise QueryError(f"unknown item id {item_id!r}")
-        return found[0].vectors
+        vectors = dict(found[0].vectors)
+        vectors.pop(PHOTOS, None)
+        if photo is not None:
+            vectors["image"] = photo_vector(found[0], photo)
+        return vectors
+
+    def _photos(self) -> bool:
+        return searches_photos(self.store.schema(), self.settings.all_photos)
+
+    def _shown_margin(self, query: Query) -> float:
+        return shown_margin(self.calibration(), "text>photos" if query.kind == "text" else "image>photos")
 
     def _text_side(self, reference: dict[str, np.ndarray], candidates: list, flt: Filter) -> TextSide | None:
         """The reference's description vector (its own, else its nearest images' mean) and the candidates'."""

@@ -12,6 +12,7 @@ import numpy as np
 from indexer import StoreError, VectorStore
 
 from .calibration import Calibration, background_scores, fit_background
+from .photos import PHOTOS, max_sim_background
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def load_or_fit_calibration(store: VectorStore, data_dir: Path, sample: int) -> 
     if count < 20 or schema is None:
         return {}
     path = data_dir / CALIBRATION_FILE
-    key = {"count": count, "models": schema.models}
+    key = {"count": count, "models": schema.models, "multi": schema.multi}
     if path.exists():
         try:
             cached = json.loads(path.read_text())
@@ -51,7 +52,9 @@ def sample_records(store: VectorStore, sample: int) -> list:
         ids.append(record.id)
         if len(ids) >= sample:
             break  # point ids are UUIDv5 hashes, so scroll order is already a random sample
-    return store.retrieve(ids, with_vectors=DENSE)
+    schema = store.schema()
+    photos = [PHOTOS] if schema is not None and schema.filled(PHOTOS) else []
+    return store.retrieve(ids, with_vectors=[*DENSE, *photos])
 
 
 def fit_calibration(store: VectorStore, sample: int) -> dict[str, Calibration]:
@@ -71,4 +74,10 @@ def fit_calibration(store: VectorStore, sample: int) -> dict[str, Calibration]:
     for channel, (q, v) in pairs.items():
         scores = background_scores(vec[q], vec[v], n_pairs=20 * len(records), seed=0)
         out[channel] = fit_background(scores, channel=channel)
+    if all(PHOTOS in r.vectors for r in records):
+        # The image channel of an index that keeps every photo scores an item by its best photo.
+        photo_sets = [r.vectors[PHOTOS] for r in records]
+        for channel, q in {"text>photos": "text", "image>photos": "image"}.items():
+            scores = max_sim_background(vec[q], photo_sets, n_pairs=20 * len(records), seed=0)
+            out[channel] = fit_background(scores, channel=channel)
     return out

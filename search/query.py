@@ -68,6 +68,9 @@ class SearchSettings(Settings):
     composed_neighbours: int = Field(
         5, ge=0, le=50, description="Nearest catalog images whose descriptions stand in for an uploaded reference's."
     )
+    all_photos: bool = Field(
+        True, description="Search every photo of a product where the index keeps them (false: main photos only)."
+    )
     rerank_top_n: int = Field(20, ge=1, le=200)
     rerank_budget_s: float = Field(10.0, gt=0)
     calibration_sample: int = Field(2000, ge=50)
@@ -126,6 +129,7 @@ class Query:
     fusion: str | None = None
     composed_method: str | None = None
     literal: bool = False
+    photo: int | None = None  # with like: which of the item's photos to start from (0: the main one)
 
     @property
     def kind(self) -> str:
@@ -162,6 +166,9 @@ class SearchInput(BaseModel):
     literal: bool = Field(
         False, description="Search the words as typed: no price words, facet values or codes read into filters."
     )
+    photo: int | None = Field(
+        None, ge=0, le=1000, description="With like: which of the item's photos to start from (0: the main one)."
+    )
 
     def to_query(
         self, fields: Mapping[str, str], image: Image.Image | None = None, also: Filter | None = None
@@ -186,6 +193,7 @@ class SearchInput(BaseModel):
             fusion=self.fusion,
             composed_method=self.composed_method,
             literal=self.literal,
+            photo=self.photo,
         )
 
 
@@ -212,6 +220,7 @@ class Hit:
     explanation: dict[str, Any]
     vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     relevance: float | None = None
+    photo: int | None = None  # the photo that matched best (an index into ``images``), where every photo is searched
 
     def public_payload(self) -> dict[str, Any]:
         """The payload a server may answer with: no internal keys, and no server file paths."""
@@ -224,8 +233,18 @@ class Hit:
     @property
     def image_url(self) -> str:
         """Where a client fetches the picture: the catalog's own http(s) URL, else the API's image route."""
-        source = self.payload.get("image")
-        return source if _all_http(source) else f"/items/{quote(self.id, safe='/')}/image"
+        source = self.photo_source()
+        if _all_http(source):
+            return source
+        route = f"/items/{quote(self.id, safe='/')}/image"
+        return f"{route}?photo={self.photo}" if self.photo else route
+
+    def photo_source(self) -> Any:
+        """The file or URL of the photo that matched best (the main photo unless another one did)."""
+        images = self.payload.get("images")
+        if self.photo and isinstance(images, list) and self.photo < len(images):
+            return images[self.photo]
+        return self.payload.get("image")
 
     def to_dict(self) -> dict[str, Any]:
         """The hit for a local reader (the CLI's --json): image paths included."""
@@ -234,6 +253,8 @@ class Hit:
             # Six decimals: rank-fusion scores are small (rrf's top is about 0.016).
             "score": round(self.score, 6),
             "relevance": None if self.relevance is None else round(self.relevance, 4),
+            "photo": self.photo,
+            "image": self.photo_source(),
             "payload": {k: v for k, v in self.payload.items() if k not in RESERVED_KEYS},
             "explanation": self.explanation,
         }

@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 from conftest import make_catalog
+from PIL import Image
 
 from indexer import EngineError, ImagePolicy, IndexOptions, RayOptions, index_catalog, open_store
 from indexer import read_catalog as read
@@ -114,6 +115,28 @@ def test_ray_engine_stores_what_the_local_engine_stores_and_reports_the_same(tmp
     again = CliRunner().invoke(app, [*args, "--engine", "ray", "--quiet"])
     assert again.exit_code == 0, again.output
     assert again.stdout.startswith("0 new, 1 updated, 11 unchanged, 2 failed, 0 pruned"), again.stdout
+
+
+def test_ray_engine_indexes_every_photo_as_the_local_engine_does(tmp_path, local_ray, mini, text_spec):
+    from test_photos_index import add_photos
+
+    catalog = make_catalog(tmp_path / "catalog", n=8)
+    add_photos(catalog)
+    (catalog.parent / "images" / "p002-2.png").write_bytes(b"not a png")
+    local = run_engine("local", catalog, tmp_path / "local", mini, text_spec)
+    on_ray = run_engine("ray", catalog, tmp_path / "ray", mini, text_spec)
+    counts = (on_ray.new, on_ray.failed, on_ray.photos_failed)
+    assert counts == (local.new, local.failed, local.photos_failed) == (8, 0, 1)
+    rows = [json.loads(line) for line in (tmp_path / "ray" / "errors.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["photo"]) for r in rows] == [("p002", 1)]
+    want, got = stored(tmp_path / "local"), stored(tmp_path / "ray")
+    for item_id, record in want.items():
+        assert got[item_id].payload == record.payload  # the photo marks included
+        np.testing.assert_allclose(got[item_id].vectors["photos"], record.vectors["photos"], rtol=0, atol=1e-6)
+    # One photo's new bytes: that product alone is updated (its photos all embedded: the encoders hold no store).
+    Image.new("RGB", (48, 48), (10, 200, 30)).save(catalog.parent / "images" / "p004-3.png")
+    again = run_engine("ray", catalog, tmp_path / "ray", mini, text_spec)
+    assert (again.new, again.updated, again.unchanged, again.photos_failed) == (0, 1, 7, 1)
 
 
 def test_a_stopped_run_resumes_and_a_killed_worker_loses_no_item(tmp_path, local_ray, mini, text_spec):

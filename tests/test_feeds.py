@@ -15,7 +15,7 @@ from indexer.catalog import CatalogError, read_catalog
 from indexer.catalog_items import parse_mapping
 from indexer.feeds.shopify import option_key
 from indexer.feeds.values import html_to_text, parse_money, parse_price
-from indexer.pipeline import content_hash
+from indexer.prepare import content_hash
 
 # The columns of a Shopify product export, in its order (market price columns left out).
 SHOPIFY_HEADER = [

@@ -186,9 +186,9 @@ def test_image_search_and_filters(client, served):
 def test_more_like_this_and_like_this_but(client):
     _, _, hits = search(client, "green shirt")
     first = hits[0]["id"]
-    _, status, similar = client.predict(first, "", [], 10, 39, "none", 10, api_name="/more_like_this")
+    _, status, similar = client.predict(first, "", [], 10, 39, "none", 10, 1, api_name="/more_like_this")
     assert similar and first not in [h["id"] for h in similar] and "items like" in status
-    _, status, composed = client.predict(first, "in red", "", [], 10, 39, "none", 10, api_name="/like_this_but")
+    _, status, composed = client.predict(first, "in red", "", [], 10, 39, "none", 10, 1, api_name="/like_this_but")
     assert composed and first not in [h["id"] for h in composed] and "in red" in status
     assert composed[0]["explanation"]["query"] == "composed"
 
@@ -209,7 +209,7 @@ def test_search_errors_are_readable_messages(client):
     with pytest.raises(AppError, match="unknown filter 'size=XL'"):
         search(client, "bag", filters=["size=XL"])
     with pytest.raises(AppError, match="Pick a result first"):
-        client.predict("", "", [], 10, 39, "none", 10, api_name="/more_like_this")
+        client.predict("", "", [], 10, 39, "none", 10, 1, api_name="/more_like_this")
     _, status, hits = search(client, "")
     assert hits == [] and "Type what you are looking for" in status
 

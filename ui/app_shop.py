@@ -190,6 +190,10 @@ def build_shop_tab(services: Services) -> ShopView:
                     more = gr.Button("More like this", elem_id="shop-more", min_width=110)
                     explain = gr.Button("Explain", elem_id="shop-explain", min_width=80)
                     vary = gr.Button("Create variants", elem_id="shop-vary", min_width=110)
+                # A product with several photos: which one "more like this" and "like this but…" start from.
+                photo = gr.Number(
+                    1, label="Start from photo", precision=0, minimum=1, visible=False, elem_id="shop-photo"
+                )
                 change = gr.Textbox(
                     label="Like this but…", placeholder="in blue", elem_id="shop-change", submit_btn="Go"
                 )
@@ -199,11 +203,13 @@ def build_shop_tab(services: Services) -> ShopView:
     selected = gr.Textbox(visible=False, label="Item id")
 
     def show(found: list[Hit], what: str, described: dict[str, Any] | None = None) -> tuple[Any, ...]:
-        thumbs = services.thumbs.many([h.payload.get("image") for h in found], s.ui_thumb_px)
+        # Each product by the photo that matched best.
+        thumbs = services.thumbs.many([h.photo_source() for h in found], s.ui_thumb_px)
         rows = [
             {
                 "id": h.id,
                 "score": round(h.score, 6),
+                "photo": h.photo,
                 "thumb": t,
                 "payload": h.public_payload(),
                 "explanation": h.explanation,
@@ -276,6 +282,7 @@ def build_shop_tab(services: Services) -> ShopView:
         price_max: float | None,
         rerank: str,
         k: float,
+        photo: int | None,
         request: gr.Request,
     ) -> tuple[Any, ...]:
         if not item_id:
@@ -292,17 +299,27 @@ def build_shop_tab(services: Services) -> ShopView:
             negative=(negative or "").strip() or None,
             k=int(k),
             rerank=rerank or "none",
+            photo=int(photo) - 1 if photo and photo > 1 else None,  # numbered from 1 for shoppers
         ).to_query(engine.fields, also=services.facets.get().filter(filters, price_min, price_max))
         return run(q, what, request)
 
     def pick(rows: list[dict[str, Any]] | None, evt: gr.SelectData) -> tuple[Any, ...]:
         if not rows or evt.index is None or not 0 <= int(evt.index) < len(rows):
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return (gr.skip(),) * 6
         row = rows[int(evt.index)]
         # The row the browser holds names no server path: the picture is looked up here by id.
         item = engine.get(row["id"])
-        big = services.thumbs.get(item.payload.get("image") if item else None, 512)
-        return row["id"], gr.Column(visible=True), big, detail_markdown(row), gr.Markdown(visible=False)
+        shown = row.get("photo") or 0
+        images = (item.payload.get("images") or []) if item else []
+        pick_photo = gr.Number(value=shown + 1, maximum=max(len(images), 1), visible=len(images) > 1)
+        big = view_photo(row["id"], shown + 1)
+        return row["id"], gr.Column(visible=True), big, detail_markdown(row), gr.Markdown(visible=False), pick_photo
+
+    def view_photo(item_id: str, number: float | None) -> Any:
+        item = engine.get(item_id) if item_id else None
+        photo = max(int(number or 1) - 1, 0)
+        source = Hit(item_id, 0.0, item.payload, {}, photo=photo).photo_source() if item else None
+        return services.thumbs.get(source, 512)
 
     def why(item_id: str, rows: list[dict[str, Any]] | None) -> Any:
         row = next((r for r in rows or [] if r["id"] == item_id), None)
@@ -340,13 +357,14 @@ def build_shop_tab(services: Services) -> ShopView:
         price_max: float | None,
         rerank: str,
         k: float,
+        photo: int | None,
         request: gr.Request,
     ) -> tuple[Any, ...]:
-        return like(item_id, "", negative, filters, price_min, price_max, rerank, k, request)
+        return like(item_id, "", negative, filters, price_min, price_max, rerank, k, photo, request)
 
     more.click(
         friendly(more_like_this),
-        inputs=[selected, negative, *filters_in],
+        inputs=[selected, negative, *filters_in, photo],
         outputs=results,
         api_name="more_like_this",
         concurrency_id="search",
@@ -355,7 +373,7 @@ def build_shop_tab(services: Services) -> ShopView:
     gr.on(
         [change.submit],
         friendly(like),
-        inputs=[selected, change, negative, *filters_in],
+        inputs=[selected, change, negative, *filters_in, photo],
         outputs=results,
         api_name="like_this_but",
         concurrency_id="search",
@@ -364,10 +382,13 @@ def build_shop_tab(services: Services) -> ShopView:
     gallery.select(
         friendly(pick),
         inputs=[hits],
-        outputs=[selected, details, detail_image, detail, explanation],
+        outputs=[selected, details, detail_image, detail, explanation, photo],
         api_visibility="private",
         scroll_to_output=True,
         concurrency_limit=None,
+    )
+    photo.input(
+        friendly(view_photo), inputs=[selected, photo], outputs=[detail_image], api_visibility="private", queue=False
     )
     explain.click(
         friendly(why), inputs=[selected, hits], outputs=[explanation], api_visibility="private", concurrency_limit=None

@@ -38,7 +38,8 @@ def format_hits(hits) -> str:
     for rank, hit in enumerate(hits, start=1):
         p = hit.payload
         price = f"  {p['price']:.2f}" if isinstance(p.get("price"), int | float) else ""
-        lines.append(f"{rank:>3}. {hit.score:>7.4g}  {hit.id:<16} {p.get('title', '')}{price}")
+        shown = f"  (photo {hit.photo})" if hit.photo else ""  # matched by a photo other than the main one
+        lines.append(f"{rank:>3}. {hit.score:>7.4g}  {hit.id:<16} {p.get('title', '')}{price}{shown}")
     return "\n".join(lines)
 
 
@@ -47,6 +48,9 @@ def search(
     text: Annotated[str | None, typer.Argument(help="What to look for; with --image/--like: the change.")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Query image: a path or an http(s) URL.")] = None,
     like: Annotated[str | None, typer.Option("--like", help="Catalog id to search like.")] = None,
+    photo: Annotated[
+        int | None, typer.Option("--photo", help="With --like: start from this one of its photos (0: the main one).")
+    ] = None,
     negative: Annotated[str | None, typer.Option("--not", help="Push down items matching this text.")] = None,
     filters: Annotated[
         list[str] | None,
@@ -95,6 +99,7 @@ def search(
                 group=not no_group,
                 fusion=fusion,
                 literal=literal,
+                photo=photo,
             ).to_query(engine.fields, query_image)
             result = engine.run(query)
         except (QueryError, FilterError, ImageError) as exc:
