@@ -19,6 +19,7 @@ on (words as typed), and the default (BM25 channel, price and facet words read a
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 import time
 from pathlib import Path
@@ -209,6 +210,8 @@ def main() -> None:
                 timed = TimedStore(store)
                 (Path(tmp) / name).mkdir()
                 engines = text_engines(Path(tmp) / name, timed, models)
+                gc.collect()
+                gc.freeze()  # as `lookalike serve` does once loaded: full collections never walk the index
                 measured = measure(engines["lexical off"], timed, nq)
                 results[name] = ({k: v[0] for k, v in measured.items()}, {k: v[1] for k, v in measured.items()}, load)
                 if name == "edge":

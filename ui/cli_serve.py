@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Annotated
@@ -67,6 +68,10 @@ def run_server(data_dir: Path | None, host: str | None, port: int, ui: bool) -> 
                 api = app_from_settings(settings)
         except QueryError as exc:
             raise UserError(str(exc)) from None
+    # The models and the index make hundreds of thousands of long-lived objects; each full collection
+    # walked them all (0.45 s at 100k items, the p95 of text searches). Frozen, they are never walked again.
+    gc.collect()
+    gc.freeze()
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     where = f"UI at http://{shown}:{port}{UI_PATH}/ , " if ui else ""
     typer.echo(f"lookalike: {where}REST API docs at http://{shown}:{port}/docs", err=True)
