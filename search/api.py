@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi import Query as QueryParam
@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -41,12 +41,23 @@ from indexer import (
 from indexer.images import decode_upload, is_http_url, is_url, load_image
 
 from .access import AccessDenied, WriteGuard, bearer, client_key
+from .api_models import (
+    ApiError,
+    HealthOut,
+    HitOut,
+    IndexRequest,
+    ItemOut,
+    JobAccepted,
+    SearchRequest,
+    SearchResponse,
+    error_responses,
+)
 from .engine import SearchEngine
 from .filters import FilterError, parse_filters
 from .jobs import Job, JobConflict, JobRunner, ServerPathError, resolve_server_path
 from .limits import LimitExceeded, RateLimits
 from .observe import REQUEST_ID_HEADER, SEARCH_SECONDS, observe
-from .query import Hit, QueryError, SearchInput, SearchSettings
+from .query import Hit, QueryError, SearchSettings
 from .rerank import RerankerFactory
 from .understand import QueryParser
 
@@ -55,82 +66,6 @@ log = logging.getLogger(__name__)
 JSON_BODY_LIMIT = 256 * 1024
 FORM_OVERHEAD = 256 * 1024  # room for the text fields and multipart framing next to the image
 _SIZE_REASONS = {"too_large", "too_many_pixels", "decompression_bomb"}
-
-
-# -- request and response models ----------------------------------------------------------------
-
-
-class SearchRequest(SearchInput):
-    """A search. Give text, an image (upload or ``image_url``), an item id (``like``), or text plus an image."""
-
-    image_url: str | None = Field(None, max_length=4000, description="http(s) URL of a query image.")
-
-
-class HitOut(BaseModel):
-    id: str
-    score: float = Field(
-        description="What the hits are ordered by; explanation.ranked_by names the method (calibrated: 0-1 relevance)."
-    )
-    relevance: float | None = Field(description="Calibrated 0-1 relevance, whatever the ranking method.")
-    payload: dict[str, Any]
-    explanation: dict[str, Any]
-    image_url: str = Field(description="The photo that matched best (the main photo unless another one did).")
-    photo: int | None = Field(None, description="Which of the item's images matched best (every photo searched).")
-
-
-class SearchResponse(BaseModel):
-    hits: list[HitOut]
-    took_ms: float
-    kind: Literal["text", "image", "composed"]
-    understood: dict[str, Any] | None = Field(
-        None,
-        description='What the words were read as: "summary" ("price < 50; brand = Kestrel"), the words '
-        "searched, price, facets, codes, notes, and fell_back when the understood filters left nothing. "
-        "Send literal=true to search the words as typed.",
-    )
-
-
-class ItemOut(BaseModel):
-    id: str
-    payload: dict[str, Any]
-    image_url: str
-
-
-class IndexRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    catalog: str = Field(min_length=1, max_length=4096, description="Catalog file or image folder, on the server.")
-    prune: bool = Field(False, description="Delete stored items gone from the catalog.")
-    tags: str | None = Field(None, max_length=4096, description="Tag vocabulary YAML, on the server.")
-
-
-class JobAccepted(BaseModel):
-    job_id: str
-    status: str
-    url: str
-
-
-class HealthOut(BaseModel):
-    status: Literal["ok", "empty"]
-    items: int
-    models: dict[str, str]
-    fields: dict[str, str]
-    job: str | None = Field(description="Id of the running index job, if any.")
-
-
-class ErrorOut(BaseModel):
-    detail: str
-    error: str
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, detail: str, error: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.error = status, detail, error
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorOut} for code in codes}
 
 
 SEARCH_EXAMPLES = {
@@ -209,7 +144,7 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
     @app.post(
         "/search",
         response_model=SearchResponse,
-        responses=_errors(400, 409, 413, 415, 422),
+        responses=error_responses(400, 409, 413, 415, 422),
         openapi_extra=_search_body_schema(),
     )
     async def search(request: Request) -> SearchResponse:
@@ -232,7 +167,7 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
             limits.hit("vlm", client)
         return await run_in_threadpool(_run_search, engine, req, upload, started)
 
-    @app.get("/items/{item_id:path}/image", responses=_errors(404), response_class=Response)
+    @app.get("/items/{item_id:path}/image", responses=error_responses(404), response_class=Response)
     def item_image(
         item_id: str, photo: Annotated[int, QueryParam(ge=0, description="Which of its images; 0: the main one.")] = 0
     ) -> Response:
@@ -253,7 +188,7 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
             raise ApiError(404, f"the image file of item {item_id!r} is no longer on the server", "image_missing")
         return FileResponse(path, media_type=_media_type(path))
 
-    @app.get("/items/{item_id:path}/similar", response_model=SearchResponse, responses=_errors(400, 404, 409))
+    @app.get("/items/{item_id:path}/similar", response_model=SearchResponse, responses=error_responses(400, 404, 409))
     def similar(
         request: Request,
         item_id: str,
@@ -270,13 +205,13 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         SEARCH_SECONDS.labels("image").observe(time.perf_counter() - started)
         return _response(hits, "image", started)
 
-    @app.get("/items/{item_id:path}", response_model=ItemOut, responses=_errors(404))
+    @app.get("/items/{item_id:path}", response_model=ItemOut, responses=error_responses(404))
     def item(item_id: str) -> ItemOut:
         """One catalog item's payload."""
         hit = _item(engine, item_id)
         return ItemOut(id=hit.id, payload=hit.public_payload(), image_url=hit.image_url)
 
-    @app.post("/index", status_code=202, response_model=JobAccepted, responses=_errors(400, 401, 403, 409))
+    @app.post("/index", status_code=202, response_model=JobAccepted, responses=error_responses(400, 401, 403, 409))
     def start_index(request: Request, req: IndexRequest) -> JobAccepted:
         """Index (or re-index, or prune) a catalog on the server in the background; poll ``GET /jobs/{id}``.
 
@@ -299,7 +234,7 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
         """Recent index jobs, newest first."""
         return jobs.recent(limit)
 
-    @app.get("/jobs/{job_id}", response_model=Job, responses=_errors(404))
+    @app.get("/jobs/{job_id}", response_model=Job, responses=error_responses(404))
     def get_job(job_id: str) -> Job:
         """An index job's progress (done/total, images/s, ETA), final report and failed items (``errors``)."""
         job = jobs.get(job_id)
