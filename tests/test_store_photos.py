@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from test_store_contract import SCHEMA, Backend, image_vec, text_vec
+import test_store_contract as contract
+from test_store_contract import SCHEMA, image_vec, text_vec
 
 from indexer.store import ID_KEY, Record, SearchRequest, StoreError, StoreSchema
 
@@ -38,11 +39,7 @@ def record(i: int, with_photos: bool = True) -> Record:
     return Record(f"p{i}", {ID_KEY: f"p{i}", "title": f"product {i}"}, vectors)
 
 
-@pytest.fixture(params=["edge", "qdrant"])
-def backend(request, tmp_path):
-    b = Backend(request.param, tmp_path)
-    yield b
-    b.close()
+backend = contract.backend  # the contract's fixture: one store per backend, edge and qdrant
 
 
 def filled(backend):

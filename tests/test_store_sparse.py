@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_store_contract as contract
 from test_store_contract import SCHEMA, Backend, image_vec, text_vec
 
 from indexer.lexical import LEXICAL, LexicalConfig, LexicalEncoder, fill_lexical
@@ -36,11 +37,7 @@ def record(i: int, lexical: bool = True) -> Record:
     return Record(f"p{i}", payload(i), vectors)
 
 
-@pytest.fixture(params=["edge", "qdrant"])
-def backend(request, tmp_path):
-    b = Backend(request.param, tmp_path)
-    yield b
-    b.close()
+backend = contract.backend  # the contract's fixture: one store per backend, edge and qdrant
 
 
 def filled(backend):
