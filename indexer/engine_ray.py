@@ -35,7 +35,6 @@ from .catalog import Catalog, CatalogItem
 from .encoders import EncoderError, resolve_device
 from .engines import EngineError, RayOptions, WorkerSpec
 from .images import ImagePolicy
-from .photos import stored_marks
 from .pipeline import (
     IndexOptions,
     IndexReport,
@@ -89,10 +88,9 @@ def index_catalog_ray(
     ray = connect(ray_options)
     started = time.perf_counter()
     report = IndexReport(total=len(catalog.items), errors_path=str(errors_path))
-    stored = open_index(store, models, catalog, options)
+    stored, marks = open_index(store, models, catalog, options)
     fill_missing_lexical(store, models, report)
     photos = keeps_photos(store)
-    marks = stored_marks(store) if photos else {}
     # The encoders hold no store to read kept photo vectors from: a changed product's photos are all embedded.
     prep = ItemPrep(policy, models.key(), models.clip.image_size, image_transform(models.clip), photos, reuse=False)
     plan = _plan(ray, ray_options, workers)

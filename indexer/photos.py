@@ -21,7 +21,7 @@ from PIL import Image
 
 from .catalog import CatalogItem
 from .images import ImageError, ImagePolicy, decode_image, fetch_bytes
-from .store import ID_KEY, PHOTOS_KEY, VectorStore
+from .store import PHOTOS_KEY, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +145,6 @@ def preprocessor(
         return preprocess(decode_image(data, source, policy, fit=fit))
 
     return prepare
-
-
-def stored_marks(store: VectorStore) -> dict[str, tuple[str, ...]]:
-    """Catalog id -> its stored ``_photos`` marks, for the items that have them."""
-    return {
-        r.payload[ID_KEY]: tuple(r.payload[PHOTOS_KEY])
-        for r in store.scroll(keys=[PHOTOS_KEY])
-        if isinstance(r.payload.get(PHOTOS_KEY), list)
-    }
 
 
 def fill_reused(sets: Iterable[tuple[str, PhotoSet]], store: VectorStore) -> None:

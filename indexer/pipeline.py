@@ -37,7 +37,7 @@ from .catalog import Catalog, CatalogItem
 from .encoders import Encoder
 from .images import ImagePolicy
 from .lexical import LEXICAL, LexicalEncoder, fill_lexical
-from .photos import PHOTOS, PhotoFailure, fill_reused, has_all_photos, stored_marks
+from .photos import PHOTOS, PhotoFailure, fill_reused, has_all_photos
 from .prepare import Failed, ItemPrep, Prepared, Ready, Skipped, prepare_item
 from .store import HASH_KEY, ID_KEY, PHOTOS_KEY, ProgressFn, Record, StoreLayout, StoreSchema, VectorStore
 from .tags import Tagger
@@ -154,10 +154,9 @@ def index_catalog(
     that ends a bulk load."""
     started = time.perf_counter()
     report = IndexReport(total=len(catalog.items), errors_path=str(errors_path))
-    stored = open_index(store, models, catalog, options)
+    stored, marks = open_index(store, models, catalog, options)
     fill_missing_lexical(store, models, report)
     photos = keeps_photos(store)
-    marks = stored_marks(store) if photos else {}
     prep = ItemPrep.for_models(models, policy, photos)
     with bulk.naming_the_on_disk_option(f"the load of {catalog.path}"):
         is_bulk = begin_load(store, catalog, stored, store.schema() or models.schema(photos), options)
@@ -187,10 +186,13 @@ def index_catalog(
 # -- stages -------------------------------------------------------------------------------------
 
 
-def open_index(store: VectorStore, models: Models, catalog: Catalog, options: IndexOptions) -> dict[str, str | None]:
+def open_index(
+    store: VectorStore, models: Models, catalog: Catalog, options: IndexOptions
+) -> tuple[dict[str, str | None], dict[str, tuple[str, ...]]]:
     """Create or check the store's schema and payload indexes (before any point: a bulk load's
-    graph is then built with them), and read what it holds: catalog id -> content hash. A catalog with
-    several photos to a product gets (or keeps) the ``photos`` multivector."""
+    graph is then built with them), and read what it holds, in one pass: catalog id -> content hash,
+    and catalog id -> its photos' marks (see photos.py). A catalog with several photos to a product
+    gets (or keeps) the ``photos`` multivector."""
     known = store.schema()
     photos = any(len(item.images) > 1 for item in catalog.items) or (known is not None and PHOTOS in known.multi)
     store.ensure_schema(models.schema(photos), StoreLayout(vectors_on_disk=options.vectors_on_disk))
@@ -199,7 +201,13 @@ def open_index(store: VectorStore, models: Models, catalog: Catalog, options: In
         fields.update(models.tagger.vocab.fields())
     for key, kind in fields.items():
         store.ensure_payload_index(key, kind)
-    return {r.payload[ID_KEY]: r.payload.get(HASH_KEY) for r in store.scroll(keys=[HASH_KEY])}
+    hashes: dict[str, str | None] = {}
+    marks: dict[str, tuple[str, ...]] = {}
+    for r in store.scroll(keys=[HASH_KEY, PHOTOS_KEY] if photos else [HASH_KEY]):
+        hashes[r.payload[ID_KEY]] = r.payload.get(HASH_KEY)
+        if isinstance(r.payload.get(PHOTOS_KEY), list):
+            marks[r.payload[ID_KEY]] = tuple(r.payload[PHOTOS_KEY])
+    return hashes, marks
 
 
 def fill_missing_lexical(store: VectorStore, models: Models, report: IndexReport) -> None:

@@ -57,6 +57,7 @@ from .filters import FilterError, parse_filters
 from .jobs import Job, JobConflict, JobRunner, ServerPathError, resolve_server_path
 from .limits import LimitExceeded, RateLimits
 from .observe import REQUEST_ID_HEADER, SEARCH_SECONDS, observe
+from .photos import photo_sources
 from .query import Hit, QueryError, SearchSettings
 from .rerank import RerankerFactory
 from .understand import QueryParser
@@ -173,7 +174,7 @@ def create_app(engine: SearchEngine, jobs: JobRunner, *, close_on_shutdown: bool
     ) -> Response:
         """The item's stored image: the file it was indexed from, or a redirect to its URL."""
         hit = _item(engine, item_id)
-        images = hit.payload.get("images") or [hit.payload.get("image")]
+        images = photo_sources(hit.payload)
         if photo >= len(images):
             raise ApiError(404, f"item {item_id!r} has {len(images)} image(s), no photo {photo}", "no_image")
         source = images[photo] if photo else hit.payload.get("image")

@@ -39,9 +39,14 @@ def calibration_channel(channel: str, photos: bool) -> str:
     return channel.replace(">image", f">{PHOTOS}") if photos else channel
 
 
+def photo_sources(payload: dict[str, Any]) -> list[Any]:
+    """A stored item's photos as the catalog named them, the main one first."""
+    return payload.get("images") or [payload.get("image")]
+
+
 def photo_vector(record: Record, photo: int) -> np.ndarray:
     """The vector of photo ``photo`` (an index into the item's ``images``) of a stored item."""
-    images = record.payload.get("images") or [record.payload.get("image")]
+    images = photo_sources(record.payload)
     marks = record.payload.get(PHOTOS_KEY)
     if not 0 <= photo < len(images):
         raise QueryError(f"item {record.id!r} has {len(images)} photo(s): photo must be 0 to {len(images) - 1}")
