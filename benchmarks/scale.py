@@ -18,6 +18,7 @@ of the memory-mapped store, which the kernel can drop under pressure).
 
     python benchmarks/scale.py [--sizes 10000 100000] [--placements ram disk] [--queries 100] [--dir /big/disk]
     python benchmarks/scale.py --sizes 1000000 2000000     # the case study's sizes
+    python benchmarks/scale.py --placements disk --memory-limit-gb 8    # as on a server with 8 GB
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ def run_config(args: argparse.Namespace, size: int, placement: str) -> dict:
         cmd += ["--out", str(out), "--queries", str(args.queries), "--cluster-weight", str(args.cluster_weight)]
         cmd += ["--store", args.store, "--threads", str(args.threads)] + (["--no-lexical"] if args.no_lexical else [])
         proc = subprocess.Popen(cmd)
+        limit = MemoryLimit(proc.pid, args.memory_limit_gb) if args.memory_limit_gb else None
         peak = {"VmRSS": 0, "RssAnon": 0}
         loads = []
         while proc.poll() is None:
@@ -196,20 +198,52 @@ def run_config(args: argparse.Namespace, size: int, placement: str) -> dict:
             peak = {k: max(v, status.get(k, 0)) for k, v in peak.items()}
             loads.append(os.getloadavg()[0])
             time.sleep(0.5)
+        limited = limit.close() if limit else {}
         if proc.returncode != 0:
-            return {"error": f"exit {proc.returncode}"}
+            return {"error": f"exit {proc.returncode}", **limited}
         result = json.loads(out.read_text())
     # The machine's load average while it ran: more than the cores means other work shared them.
     load = float(np.mean(loads)) if loads else 0.0
-    return {**result, "peak_rss": peak["VmRSS"], "peak_anon": peak["RssAnon"], "load": load}
+    return {**result, "peak_rss": peak["VmRSS"], "peak_anon": peak["RssAnon"], "load": load, **limited}
+
+
+class MemoryLimit:
+    """A memory cgroup holding one process, limited to ``gb``: the machine an 8 GB server is, page cache
+    included (the kernel reclaims the store's file pages to stay inside it, or kills the process).
+    Linux, as root, cgroup v2 or v1."""
+
+    def __init__(self, pid: int, gb: float) -> None:
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        base = Path("/sys/fs/cgroup") if v2 else Path("/sys/fs/cgroup/memory")
+        self.path, self.v2 = base / f"lookalike-scale-{pid}", v2
+        self.path.mkdir()
+        (self.path / ("memory.max" if v2 else "memory.limit_in_bytes")).write_text(str(int(gb * 1e9)))
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def close(self) -> dict:
+        """The group's peak memory (resident + page cache) and how often it met the limit; then removed."""
+        if self.v2:
+            peak = int((self.path / "memory.peak").read_text())
+            events = dict(line.split() for line in (self.path / "memory.events").read_text().splitlines())
+            hits = int(events.get("max", 0))
+        else:
+            peak = int((self.path / "memory.max_usage_in_bytes").read_text())
+            hits = int((self.path / "memory.failcnt").read_text())
+        self.path.rmdir()
+        return {"cgroup_peak": peak, "limit_hits": hits}
 
 
 # -- the report ---------------------------------------------------------------------------------
 
 
 def report(size: int, placement: str, r: dict) -> list[str]:
+    limited = (
+        [f"{'':>19} memory cgroup: peak {r['cgroup_peak'] / 1e9:.2f} GB with page cache, limit met {r['limit_hits']}x"]
+        if "cgroup_peak" in r
+        else []
+    )
     if "error" in r:
-        return [f"{size:>10,} {placement:<8} failed ({r['error']})"]
+        return [f"{size:>10,} {placement:<8} failed ({r['error']})", *limited]
     lat = r["latency"]
     disk = f"{r['disk'] / 1e9:6.2f}" if r["disk"] is not None else "     -"
     head = (
@@ -217,7 +251,7 @@ def report(size: int, placement: str, r: dict) -> list[str]:
         f"{r['peak_rss'] / 1e9:6.2f} {r['peak_anon'] / 1e9:6.2f} {disk}"
     )
     cells = " ".join(f"{lat[k][0][0]:5.1f}/{lat[k][0][1]:5.1f}" for k in KINDS)
-    return [f"{head}  {cells}  {lat['text'][1][0]:5.1f}/{lat['text'][1][1]:5.1f}  {r['load']:4.1f}"]
+    return [f"{head}  {cells}  {lat['text'][1][0]:5.1f}/{lat['text'][1][1]:5.1f}  {r['load']:4.1f}", *limited]
 
 
 def main() -> None:
@@ -237,6 +271,12 @@ def main() -> None:
     )
     ap.add_argument("--dir", default=None, help="Where the stores are built (9 GB per million items at 100k).")
     ap.add_argument("--json", default=None, help="Also write every figure to this file.")
+    ap.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=0,
+        help="Run each configuration inside a memory cgroup of this size (page cache included; Linux, root).",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--placement", help=argparse.SUPPRESS)
@@ -252,6 +292,8 @@ def main() -> None:
     )
     print(f"BM25 channel: {'left out' if args.no_lexical else 'in the store and in text queries'}")
     print(TARGETS)
+    if args.memory_limit_gb:
+        print(f"each configuration runs in a {args.memory_limit_gb:g} GB memory cgroup (resident + page cache)")
     print(
         f"{'items':>10} {'vectors':<8} {'load s':>8} {'build s':>8} {'RSS GB':>6} {'anon':>6} {'disk':>6}  "
         + " ".join(f"{k:>11}" for k in ("text", "like", "composed", "filtered"))
