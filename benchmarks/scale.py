@@ -53,6 +53,8 @@ TARGETS = (
     "store p95 <= 20 ms, text e2e p95 <= 60 ms"
 )
 BATCH = 2000
+# The child writes the part it is in (load, build, serve) here, beside its store.
+PHASE_FILE = "phase"
 # search_latency's queries filter on category "dress", and name "item-N" ids.
 CATEGORY_NAMES = [c.name for c in CATEGORIES]
 
@@ -96,13 +98,18 @@ def lexical_vectors(items: list[dict], lexical: LexicalEncoder | None) -> dict[s
     return {LEXICAL: [lexical.document(item) for item in items]} if lexical else {}
 
 
-def fill(store, n: int, weight: float, lexical: LexicalEncoder | None, seed: int = 0) -> tuple[float, float]:
-    """Load ``n`` items as a bulk load does; (load seconds, build seconds)."""
+def fill(
+    store, n: int, weight: float, lexical: LexicalEncoder | None, seed: int = 0, phase: Path | None = None
+) -> tuple[float, float]:
+    """Load ``n`` items as a bulk load does; (load seconds, build seconds). ``phase``: a file that says
+    which part is running (load, build), for the parent's memory samples."""
     rng = np.random.default_rng(seed)
     centroids = {
         name: tuple(unit(rng.standard_normal((k, d)).astype(np.float32)) for k in (len(CATEGORY_NAMES), len(COLOURS)))
         for name, d in DIMS.items()
     }
+    if phase is not None:
+        phase.write_text("load")
     started = time.perf_counter()
     for key, kind in FIELDS.items():
         store.ensure_payload_index(key, kind)
@@ -116,6 +123,8 @@ def fill(store, n: int, weight: float, lexical: LexicalEncoder | None, seed: int
         rows = [{**{k: v[i] for k, v in vecs.items()}, **{k: v[i] for k, v in sparse.items()}} for i in range(m)]
         store.upsert([Record(item[ID_KEY], item, row) for item, row in zip(items, rows, strict=True)])
     loaded = time.perf_counter()
+    if phase is not None:
+        phase.write_text("build")
     store.optimize()
     return loaded - started, time.perf_counter() - loaded
 
@@ -143,7 +152,8 @@ def run_child(args: argparse.Namespace) -> None:
     sparse = {LEXICAL: lexical.model_id} if lexical else {}
     schema = StoreSchema(DIMS, {k: "synthetic" for k in DIMS}, sparse=sparse)
     store.ensure_schema(schema, StoreLayout(vectors_on_disk=on_disk))
-    load_s, build_s = fill(store, args.size, args.cluster_weight, lexical)
+    load_s, build_s = fill(store, args.size, args.cluster_weight, lexical, phase=root / PHASE_FILE)
+    (root / PHASE_FILE).write_text("serve")  # from here: the query models, the engine, the queries
     result = {"load_s": load_s, "build_s": build_s, "disk": disk_bytes(root) if spec.startswith("edge:") else None}
     result["hwm_build"] = vm_status(os.getpid()).get("VmHWM", 0)
     if args.threads:
@@ -192,19 +202,26 @@ def run_config(args: argparse.Namespace, size: int, placement: str) -> dict:
         proc = subprocess.Popen(cmd)
         limit = MemoryLimit(proc.pid, args.memory_limit_gb) if args.memory_limit_gb else None
         peak = {"VmRSS": 0, "RssAnon": 0}
+        by_phase: dict[str, int] = {}
         loads = []
         while proc.poll() is None:
             status = vm_status(proc.pid)
             peak = {k: max(v, status.get(k, 0)) for k, v in peak.items()}
+            try:
+                phase = (Path(tmp) / PHASE_FILE).read_text()
+            except OSError:
+                phase = "start"
+            by_phase[phase] = max(by_phase.get(phase, 0), status.get("RssAnon", 0))
             loads.append(os.getloadavg()[0])
             time.sleep(0.5)
         limited = limit.close() if limit else {}
         if proc.returncode != 0:
-            return {"error": f"exit {proc.returncode}", **limited}
+            return {"error": f"exit {proc.returncode}", "anon_by_phase": by_phase, **limited}
         result = json.loads(out.read_text())
     # The machine's load average while it ran: more than the cores means other work shared them.
     load = float(np.mean(loads)) if loads else 0.0
-    return {**result, "peak_rss": peak["VmRSS"], "peak_anon": peak["RssAnon"], "load": load, **limited}
+    figures = {"peak_rss": peak["VmRSS"], "peak_anon": peak["RssAnon"], "anon_by_phase": by_phase, "load": load}
+    return {**result, **figures, **limited}
 
 
 class MemoryLimit:
@@ -242,6 +259,8 @@ def report(size: int, placement: str, r: dict) -> list[str]:
         if "cgroup_peak" in r
         else []
     )
+    phases = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in r.get("anon_by_phase", {}).items())
+    limited.append(f"{'':>19} peak anonymous memory by phase, GB: {phases}")
     if "error" in r:
         return [f"{size:>10,} {placement:<8} failed ({r['error']})", *limited]
     lat = r["latency"]

@@ -27,6 +27,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
+from . import edge_config as edge
 from . import store_codec as codec
 from .bulk import optimize_shard_in_child
 from .store import (
@@ -63,40 +64,10 @@ _MODELS = codec.FilterModels(
     has_id=lambda ids: qe.HasIdCondition(set(ids)),
     supports_bool_match=False,
 )
-# Sparse vectors are BM25 term weights: the engine multiplies them by each term's inverse document
-# frequency at query time, so a store's IDF follows its items with no refit.
-_SPARSE = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
 
 
 def _sparse(vector: SparseVector) -> qe.SparseVector:
     return qe.SparseVector(list(vector.indices), list(vector.values))
-
-
-# A product's photos: scored by the photo that matches best.
-_MAX_SIM = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
-_QUANTIZED = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=codec.QUANTILE, always_ram=True)
-_RESCORED = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=codec.OVERSAMPLING))
-_EXACT = qe.SearchParams(exact=True)
-# A union's candidates: every one is then scored exactly on every vector, so ranking on the int8
-# vectors alone is enough (a filtered union at 100k items ~7% faster; demo eval unchanged).
-_CANDIDATES = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=False))
-# Payload indexes without the engine's per-value graph links ("filterable HNSW"): it would build, for
-# every indexed field, a subgraph over each value's points, nearly one more graph per field. With six
-# fields that tripled the build (100k items: 72 s against 24 s; 1M: 22 minutes, so 2M would miss an
-# hour). Without the links a filtered graph search lost 2-3 of 100 true top-10 hits at 100k for a filter
-# matching 1 in 12 items; a filter matching too few points for the graph is scanned exactly either way.
-_INDEX_TYPES: dict[str, Any] = {
-    "keyword": qe.KeywordIndexParams(enable_hnsw=False),
-    "integer": qe.IntegerIndexParams(enable_hnsw=False),
-    "float": qe.FloatIndexParams(enable_hnsw=False),
-    "bool": qe.BoolIndexParams(enable_hnsw=False),
-}
-# The engine indexes a segment only when its vectors exceed this many KB. Its default (about
-# 10 MB) would leave small and medium catalogs on brute force even after optimize(); with 1 KB
-# (the least: 0 turns indexing off) optimize() builds HNSW for all but toy stores, which brute
-# force serves best anyway. The engine never optimizes on its own, so upserts stay cheap:
-# callers decide when a load is big enough to be worth optimize().
-_INDEXING_THRESHOLD_KB = 1
 
 
 class EdgeStore(SingleSearch):
@@ -108,6 +79,7 @@ class EdgeStore(SingleSearch):
         self._schema: StoreSchema | None = None
         self._indexes: dict[str, FieldKind] = {}
         self._shard: qe.EdgeShard | None = None
+        self._cold = False  # the float32 originals are on disk (StoreLayout.vectors_on_disk)
         # Point id (as an int) -> catalog id of every point, built on first need. Reading the catalog id
         # from the payload was most of a search's time (two thirds of an unfiltered 3-channel union at
         # 100k items), and one process alone may open the shard, so every write passes through here and
@@ -123,6 +95,7 @@ class EdgeStore(SingleSearch):
                     "lookalike. Use another --data-dir."
                 )
             self._shard = self._open(lambda: qe.EdgeShard.load(str(self.path)))
+            self._cold = edge.cold_vectors(self.path / _SHARD_MARKER)
 
     def __repr__(self) -> str:
         return f"EdgeStore({str(self.path)!r})"
@@ -152,25 +125,12 @@ class EdgeStore(SingleSearch):
             self._schema = schema
             self._write_meta()
         if self._shard is None:
-            stored = self._schema
-            config = qe.EdgeConfig(
-                vectors={
-                    name: qe.EdgeVectorParams(
-                        size=size,
-                        distance=qe.Distance.Cosine,
-                        quantization_config=_QUANTIZED,
-                        memory=_memory(layout),
-                        multivector_config=_MAX_SIM if name in stored.multi else None,
-                    )
-                    for name, size in stored.vectors.items()
-                },
-                sparse_vectors={name: _SPARSE for name in stored.sparse} or None,
-                optimizers=qe.EdgeOptimizersConfig(indexing_threshold=_INDEXING_THRESHOLD_KB),
-            )
+            config = edge.shard_config(self._schema, layout)
             self._shard = self._open(lambda: qe.EdgeShard.create(str(self.path), config))
+            self._cold = edge.vectors_on_disk(layout)
             for key, kind in self._indexes.items():
-                self._update(qe.UpdateOperation.create_field_index(key, _INDEX_TYPES[kind]))
-            log.info("created store %s with vectors %s, sparse %s", self.path, stored.vectors, sorted(stored.sparse))
+                self._update(qe.UpdateOperation.create_field_index(key, edge.INDEX_TYPES[kind]))
+            log.info("created store %s with vectors %s, sparse %s", self.path, schema.vectors, sorted(schema.sparse))
         self._add_vectors(schema)
 
     def _add_vectors(self, schema: StoreSchema) -> None:
@@ -182,7 +142,7 @@ class EdgeStore(SingleSearch):
             self._update(qe.UpdateOperation.create_sparse_vector(name, modifier=qe.Modifier.Idf))
         for name in multi:
             size = schema.vectors[name]
-            self._update(qe.UpdateOperation.create_dense_vector(name, size, qe.Distance.Cosine, _MAX_SIM))
+            self._update(qe.UpdateOperation.create_dense_vector(name, size, qe.Distance.Cosine, edge.MAX_SIM))
         self._write_meta()
         log.info("store %s: added vector(s) %s", self.path, [*sparse, *multi])
 
@@ -204,7 +164,7 @@ class EdgeStore(SingleSearch):
         codec.check_field_kind(key, kind)
         if self._indexes.get(key) == kind:
             return
-        self._update(qe.UpdateOperation.create_field_index(key, _INDEX_TYPES[kind]))
+        self._update(qe.UpdateOperation.create_field_index(key, edge.INDEX_TYPES[kind]))
         self._indexes[key] = kind
         self._write_meta()
 
@@ -283,7 +243,7 @@ class EdgeStore(SingleSearch):
         )
 
     def begin_bulk_load(self) -> None:
-        """Nothing to do: this engine builds no index until optimize() is called (see _INDEXING_THRESHOLD_KB)."""
+        """Nothing to do: this engine builds no index until optimize() is called (edge.INDEXING_THRESHOLD_KB)."""
 
     def unindexed(self) -> int:
         if self._shard is None:
@@ -342,7 +302,7 @@ class EdgeStore(SingleSearch):
                 with_payload=_payload_selector(w),
                 with_vector=codec.vector_selector(r.with_vectors),
                 # Scoring a known set of ids: exact, or the graph search would walk (and may miss) them.
-                params=_EXACT if r.ids is not None else _RESCORED,
+                params=self._scoring(len(r.ids)) if r.ids is not None else edge.RESCORED,
             )
             for r, w in zip(requests, wanted, strict=True)
         ]
@@ -371,14 +331,14 @@ class EdgeStore(SingleSearch):
         # (a sparse vector's is an inverted-index search, which has no quantized copies to rank on).
         sparse = self._require_schema().sparse
         prefetch = [
-            qe.Prefetch(limit=limit, query=q, filter=condition, params=None if n in sparse else _CANDIDATES)
+            qe.Prefetch(limit=limit, query=q, filter=condition, params=None if n in sparse else edge.CANDIDATES)
             for n, q in queries.items()
         ]
         first = qe.QueryRequest(
             limit=limit * len(names),
             prefetches=prefetch,
             query=queries[names[0]],
-            params=_EXACT,
+            params=self._scoring(limit * len(names)),
             with_payload=False,
             with_vector=False,
         )
@@ -399,13 +359,17 @@ class EdgeStore(SingleSearch):
                     filter=among,
                     with_payload=False,
                     with_vector=False,
-                    params=_EXACT,
+                    params=self._scoring(len(union)),
                 )
                 for n in names[1:]
             ]
             results = self._call(shard.query_batch, qe.QueryBatchRequest(rest))
             lists += [[(h.id.int, h.score, None) for h in hits] for hits in results]
         return codec.union_lists(names, lists, self._catalog_ids())
+
+    def _scoring(self, points: int) -> Any:
+        """How a known set of ``points`` is scored (see edge_config.SCANNED_MAX)."""
+        return edge.CANDIDATES if self._cold and points <= edge.SCANNED_MAX else edge.EXACT
 
     def facet(self, key: str, limit: int) -> dict[str, int]:
         if self._shard is None:
@@ -506,11 +470,6 @@ class EdgeStore(SingleSearch):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-def _memory(layout: StoreLayout | None) -> Any:
-    # Cold: memory-mapped and read on demand; the engine's default (Cached) pre-loads the file into RAM.
-    return qe.Memory.Cold if layout is not None and layout.vectors_on_disk else None
 
 
 def _payload_selector(wanted: bool | list[str]) -> Any:

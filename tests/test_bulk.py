@@ -11,7 +11,7 @@ from conftest import make_catalog
 from typer.testing import CliRunner
 
 from indexer import ImagePolicy, IndexOptions, StoreError, StoreLayout, StoreSchema, bulk, index_catalog, read_catalog
-from indexer.store import Record
+from indexer.store import Record, SearchRequest
 from indexer.store_edge import EdgeStore
 
 SCHEMA = StoreSchema({"image": 4, "text": 8}, {"image": "m", "text": "m"})
@@ -49,21 +49,51 @@ def test_edge_bulk_load_searches_exactly_then_builds_once_with_progress(tmp_path
         assert store.count() == 301
 
 
+def built_store(path, records: list[Record], on_disk: bool) -> EdgeStore:
+    """An open edge store holding ``records``, its graph built, its originals placed as ``on_disk`` says."""
+    store = EdgeStore(path)
+    store.ensure_schema(SCHEMA, StoreLayout(vectors_on_disk=on_disk))
+    store.upsert(records)
+    store.optimize()
+    return store
+
+
 def test_vectors_on_disk_are_memory_mapped_and_search_the_same(tmp_path):
     records, image = random_records(200, seed=1)
     results = {}
     for on_disk in (False, True):
         path = tmp_path / f"s-{on_disk}"
-        with EdgeStore(path) as store:
-            store.ensure_schema(SCHEMA, StoreLayout(vectors_on_disk=on_disk))
-            store.upsert(records)
-            store.optimize()
+        with built_store(path, records, on_disk) as store:
             results[on_disk] = [(h.id, round(h.score, 6)) for h in store.search("image", image[3], 10)]
         vectors = json.loads((path / "edge_config.json").read_text())["vectors"]
         assert {v.get("memory") for v in vectors.values()} == ({"cold"} if on_disk else {None})
         # The int8 copies stay in RAM either way: searches walk them.
         assert all(v["quantization_config"]["scalar"]["always_ram"] for v in vectors.values())
     assert results[True] == results[False]
+
+
+def test_a_union_is_scored_exactly_in_ram_and_on_the_int8_copies_on_disk(tmp_path):
+    """Originals on disk are read from disk for each vector scored, so a union's candidates (and a list
+    of ids) are scored on the int8 copies there; in RAM, exactly. Reopening keeps the store's way."""
+    records, image = random_records(400, seed=2)
+    text = np.stack([r.vectors["text"] for r in records])
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    query = {"image": image[5], "text": text[9]}
+    errors = {}
+    for on_disk in (False, True):
+        path = tmp_path / f"s-{on_disk}"
+        built_store(path, records, on_disk).close()
+        with EdgeStore(path) as store:  # reopened: the placement is read back from the shard
+            union = store.search_union(query, 20)
+            (listed,) = store.search_batch([SearchRequest("text", text[9], 30, ids=[f"r{i}" for i in range(30)])])
+        assert len(union["image"]) == len(union["text"]) > 20  # the union of two top-20s, on both vectors
+        exact = {"image": image, "text": text}
+        errs = [abs(p.score - float(exact[n][int(p.id[1:])] @ query[n])) for n in exact for p in union[n]]
+        errs += [abs(p.score - float(text[int(p.id[1:])] @ text[9])) for p in listed]
+        errors[on_disk] = max(errs)
+        assert union["image"][0].id == "r5" and union["text"][0].id == "r9"
+    assert errors[False] < 1e-5
+    assert 1e-5 < errors[True] < 0.05
 
 
 def test_cli_bulk_load_defers_the_index_and_draws_the_build_bar(tmp_path, tiny_clip_spec, text_spec, monkeypatch):

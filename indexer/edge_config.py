@@ -1,0 +1,88 @@
+"""How lookalike sets up the embedded engine (qdrant-edge): vector, sparse and payload-index
+parameters, the search parameters of each kind of search, and where a shard keeps its vectors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from . import store_codec as codec
+from .store import StoreLayout, StoreSchema
+
+# Sparse vectors are BM25 term weights: the engine multiplies them by each term's inverse document
+# frequency at query time, so a store's IDF follows its items with no refit.
+SPARSE = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
+
+
+# A product's photos: scored by the photo that matches best.
+MAX_SIM = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
+QUANTIZED = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=codec.QUANTILE, always_ram=True)
+RESCORED = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=codec.OVERSAMPLING))
+EXACT = qe.SearchParams(exact=True)
+# A union's candidates: every one is then scored again on every vector (see SCANNED_MAX), so ranking
+# on the int8 vectors alone is enough (a filtered union at 100k items ~7% faster; demo eval unchanged).
+CANDIDATES = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=False))
+# Scoring a known set of points (a union's candidates, a list of ids) on every vector: exactly when the
+# float32 originals are in RAM. Originals on disk are read with a disk read per vector, which the page
+# cache does not keep (at 500k items a 3-vector union of 300 took 28 ms against 4 ms on the int8
+# copies in RAM), so there the set is scored on the int8 copies (scores within 0.006 of exact; each
+# channel's top 10 of a union 96% the same, on random queries); hits found by a top-k search are still
+# rescored on the originals. Only a set this small, which the engine scans point by point
+# below its full-scan threshold: a larger one would be searched on the graph, which misses ids.
+SCANNED_MAX = 1000
+# Payload indexes without the engine's per-value graph links ("filterable HNSW"): it would build, for
+# every indexed field, a subgraph over each value's points, nearly one more graph per field. With six
+# fields that tripled the build (100k items: 72 s against 24 s; 1M: 22 minutes, so 2M would miss an
+# hour). Without the links a filtered graph search lost 2-3 of 100 true top-10 hits at 100k for a filter
+# matching 1 in 12 items; a filter matching too few points for the graph is scanned exactly either way.
+INDEX_TYPES: dict[str, Any] = {
+    "keyword": qe.KeywordIndexParams(enable_hnsw=False),
+    "integer": qe.IntegerIndexParams(enable_hnsw=False),
+    "float": qe.FloatIndexParams(enable_hnsw=False),
+    "bool": qe.BoolIndexParams(enable_hnsw=False),
+}
+# The engine indexes a segment only when its vectors exceed this many KB. Its default (about
+# 10 MB) would leave small and medium catalogs on brute force even after optimize(); with 1 KB
+# (the least: 0 turns indexing off) optimize() builds HNSW for all but toy stores, which brute
+# force serves best anyway. The engine never optimizes on its own, so upserts stay cheap:
+# callers decide when a load is big enough to be worth optimize().
+INDEXING_THRESHOLD_KB = 1
+
+
+def shard_config(schema: StoreSchema, layout: StoreLayout | None) -> qe.EdgeConfig:
+    """A new shard for ``schema``, its float32 originals placed as ``layout`` says."""
+    return qe.EdgeConfig(
+        vectors={
+            name: qe.EdgeVectorParams(
+                size=size,
+                distance=qe.Distance.Cosine,
+                quantization_config=QUANTIZED,
+                memory=memory(layout),
+                multivector_config=MAX_SIM if name in schema.multi else None,
+            )
+            for name, size in schema.vectors.items()
+        },
+        sparse_vectors={name: SPARSE for name in schema.sparse} or None,
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
+    )
+
+
+def vectors_on_disk(layout: StoreLayout | None) -> bool:
+    return layout is not None and layout.vectors_on_disk
+
+
+def memory(layout: StoreLayout | None) -> Any:
+    # Cold: read from disk on each use, past the page cache; the engine's default (Cached) pre-loads them.
+    return qe.Memory.Cold if vectors_on_disk(layout) else None
+
+
+def cold_vectors(config_file: Path) -> bool:
+    """Whether the shard keeps its dense originals on disk, as its own config says (exact scoring if unsure)."""
+    try:
+        vectors = json.loads(config_file.read_text(encoding="utf-8")).get("vectors", {})
+        return any(str(v.get("memory", "")).lower() == "cold" for v in vectors.values())
+    except (OSError, ValueError, AttributeError):
+        return False
