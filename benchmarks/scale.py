@@ -14,7 +14,8 @@ Every (size, placement) runs in a child process of its own, so peak memory is th
 and reads them on demand (LOOKALIKE_VECTORS_ON_DISK=true); both keep int8 copies in RAM. The parent samples
 the child's resident memory every half second (the embedded engine holds the GIL while it builds, so the
 child cannot sample itself): peak RSS, and the part of it that is anonymous memory (the rest is file pages
-of the memory-mapped store, which the kernel can drop under pressure).
+of the memory-mapped store, which the kernel can drop under pressure), and that peak for each phase:
+the load, the graph build, and serving (the query models, the engine and the queries).
 
     python benchmarks/scale.py [--sizes 10000 100000] [--placements ram disk] [--queries 100] [--dir /big/disk]
     python benchmarks/scale.py --sizes 1000000 2000000     # the case study's sizes
@@ -200,21 +201,16 @@ def run_config(args: argparse.Namespace, size: int, placement: str) -> dict:
         cmd += ["--out", str(out), "--queries", str(args.queries), "--cluster-weight", str(args.cluster_weight)]
         cmd += ["--store", args.store, "--threads", str(args.threads)] + (["--no-lexical"] if args.no_lexical else [])
         proc = subprocess.Popen(cmd)
-        limit = MemoryLimit(proc.pid, args.memory_limit_gb) if args.memory_limit_gb else None
-        peak = {"VmRSS": 0, "RssAnon": 0}
-        by_phase: dict[str, int] = {}
-        loads = []
-        while proc.poll() is None:
-            status = vm_status(proc.pid)
-            peak = {k: max(v, status.get(k, 0)) for k, v in peak.items()}
-            try:
-                phase = (Path(tmp) / PHASE_FILE).read_text()
-            except OSError:
-                phase = "start"
-            by_phase[phase] = max(by_phase.get(phase, 0), status.get("RssAnon", 0))
-            loads.append(os.getloadavg()[0])
-            time.sleep(0.5)
-        limited = limit.close() if limit else {}
+        limit = None
+        try:
+            limit = MemoryLimit(proc.pid, args.memory_limit_gb) if args.memory_limit_gb else None
+            peak, by_phase, loads = watch(proc, Path(tmp) / PHASE_FILE)
+        finally:
+            # Interrupted (Ctrl-C): the child goes too, and with it the cgroup and the temp store.
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            limited = limit.close() if limit else {}
         if proc.returncode != 0:
             return {"error": f"exit {proc.returncode}", "anon_by_phase": by_phase, **limited}
         result = json.loads(out.read_text())
@@ -222,6 +218,25 @@ def run_config(args: argparse.Namespace, size: int, placement: str) -> dict:
     load = float(np.mean(loads)) if loads else 0.0
     figures = {"peak_rss": peak["VmRSS"], "peak_anon": peak["RssAnon"], "anon_by_phase": by_phase, "load": load}
     return {**result, **figures, **limited}
+
+
+def watch(proc: subprocess.Popen, phase_file: Path) -> tuple[dict[str, int], dict[str, int], list[float]]:
+    """Until ``proc`` exits: its peak RSS and anonymous memory, the peak anonymous memory of each
+    phase it names in ``phase_file``, and the machine's load average, sampled every half second."""
+    peak = {"VmRSS": 0, "RssAnon": 0}
+    by_phase: dict[str, int] = {}
+    loads = []
+    while proc.poll() is None:
+        status = vm_status(proc.pid)
+        peak = {k: max(v, status.get(k, 0)) for k, v in peak.items()}
+        try:
+            phase = phase_file.read_text()
+        except OSError:
+            phase = "start"
+        by_phase[phase] = max(by_phase.get(phase, 0), status.get("RssAnon", 0))
+        loads.append(os.getloadavg()[0])
+        time.sleep(0.5)
+    return peak, by_phase, loads
 
 
 class MemoryLimit:
