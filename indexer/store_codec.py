@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, get_args
 
 import numpy as np
@@ -270,6 +270,21 @@ def to_scored(score: float, payload: dict[str, Any] | None, vectors: Any = None)
         payload=payload,
         vectors=_vectors_out(vectors) if vectors else None,
     )
+
+
+def scored_on_vectors(request: SearchRequest, points: list[ScoredPoint]) -> list[ScoredPoint]:
+    """``points`` scored again on the vectors they came back with: the cosine of the request's dense
+    query vector to each (to its best row for a multivector), best first."""
+    query = np.asarray(request.vector, dtype=np.float32)
+    query = query / max(float(np.linalg.norm(query)), 1e-12)
+
+    def cosine(point: ScoredPoint) -> float:
+        rows = np.atleast_2d(np.asarray((point.vectors or {})[request.vector_name], dtype=np.float32))
+        norms = np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
+        return float(np.max(rows @ query / norms))
+
+    rescored = [replace(p, score=cosine(p)) for p in points]
+    return sorted(rescored, key=lambda p: -p.score)
 
 
 def in_order(ids: Sequence[str], records: Iterable[Record]) -> list[Record]:

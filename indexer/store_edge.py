@@ -291,6 +291,7 @@ class EdgeStore(SingleSearch):
             return []
         # Every point can be named from the map, so a search wanting only the catalog id reads no payload.
         wanted = [codec.payload_wanted(r.keys, named=True) for r in requests]
+        own = [self._reads_own_vector(r) for r in requests]
         batch = [
             qe.QueryRequest(
                 limit=r.limit,
@@ -301,20 +302,32 @@ class EdgeStore(SingleSearch):
                 filter=codec.to_filter(r.filter, _MODELS, r.ids),
                 with_payload=_payload_selector(w),
                 with_vector=codec.vector_selector(r.with_vectors),
-                # Scoring a known set of ids: exact, or the graph search would walk (and may miss) them.
-                params=self._scoring(len(r.ids)) if r.ids is not None else edge.RESCORED,
+                params=self._search_params(r, o),
             )
-            for r, w in zip(requests, wanted, strict=True)
+            for r, w, o in zip(requests, wanted, own, strict=True)
         ]
         results = self._call(self._require_shard().query_batch, qe.QueryBatchRequest(batch))
         names = self._catalog_ids() if any(w is False for w in wanted) else None
-        return [
+        found = [
             codec.to_scored_list(r, [(h.id.int, h.score, None, h.vector) for h in hits], names)
             if w is False
             # The point id goes unread: the payload names the item.
             else codec.to_scored_list(r, [(None, h.score, h.payload, h.vector) for h in hits])
             for r, w, hits in zip(requests, wanted, results, strict=True)
         ]
+        return [codec.scored_on_vectors(r, f) if o else f for r, f, o in zip(requests, found, own, strict=True)]
+
+    def _reads_own_vector(self, r: SearchRequest) -> bool:
+        """A top-k search on disk-held originals that returns the vector it searched: its hits are scored
+        on the vectors returned, not read from disk twice (once to rescore, once to return)."""
+        asked = r.with_vectors is True or (not isinstance(r.with_vectors, bool) and r.vector_name in r.with_vectors)
+        return self._cold and asked and r.ids is None and r.vector_name not in self._require_schema().sparse
+
+    def _search_params(self, r: SearchRequest, own_vector: bool) -> Any:
+        if r.ids is not None:
+            # Scoring a known set of ids: scanned, or the graph search would walk (and may miss) them.
+            return self._scoring(len(r.ids))
+        return edge.CANDIDATES if own_vector else edge.RESCORED
 
     def search_union(
         self, vectors: dict[str, Vector], limit: int, flt: Filter | None = None

@@ -86,6 +86,11 @@ def test_a_union_is_scored_exactly_in_ram_and_on_the_int8_copies_on_disk(tmp_pat
         with EdgeStore(path) as store:  # reopened: the placement is read back from the shard
             union = store.search_union(query, 20)
             (listed,) = store.search_batch([SearchRequest("text", text[9], 30, ids=[f"r{i}" for i in range(30)])])
+            # A search that returns the vectors it searched: scored exactly on them, in both placements.
+            (read,) = store.search_batch([SearchRequest("text", text[9], 15, with_vectors=["text"])])
+        own = [float(p.vectors["text"] @ text[9] / np.linalg.norm(p.vectors["text"])) for p in read]
+        assert [p.id for p in read][0] == "r9" and len(read) == 15
+        assert np.allclose([p.score for p in read], own, atol=1e-5) and own == sorted(own, reverse=True)
         assert len(union["image"]) == len(union["text"]) > 20  # the union of two top-20s, on both vectors
         exact = {"image": image, "text": text}
         errs = [abs(p.score - float(exact[n][int(p.id[1:])] @ query[n])) for n in exact for p in union[n]]
