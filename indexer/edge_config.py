@@ -12,6 +12,15 @@ import qdrant_edge as qe
 from . import store_codec as codec
 from .store import StoreLayout, StoreSchema
 
+MODELS = codec.FilterModels(
+    Filter=qe.Filter,
+    FieldCondition=qe.FieldCondition,
+    MatchValue=qe.MatchValue,
+    MatchAny=qe.MatchAny,
+    Range=qe.RangeFloat,
+    has_id=lambda ids: qe.HasIdCondition(set(ids)),
+    supports_bool_match=False,
+)
 # Sparse vectors are BM25 term weights: the engine multiplies them by each term's inverse document
 # frequency at query time, so a store's IDF follows its items with no refit.
 SPARSE = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)

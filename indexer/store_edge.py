@@ -55,16 +55,6 @@ _SHARD_MARKER = "edge_config.json"
 # Writes stop while this much is still free on the store's disk (see EdgeStore._check_free_space).
 MIN_FREE_BYTES = 256 * 2**20
 
-_MODELS = codec.FilterModels(
-    Filter=qe.Filter,
-    FieldCondition=qe.FieldCondition,
-    MatchValue=qe.MatchValue,
-    MatchAny=qe.MatchAny,
-    Range=qe.RangeFloat,
-    has_id=lambda ids: qe.HasIdCondition(set(ids)),
-    supports_bool_match=False,
-)
-
 
 def _sparse(vector: SparseVector) -> qe.SparseVector:
     return qe.SparseVector(list(vector.indices), list(vector.values))
@@ -266,7 +256,7 @@ class EdgeStore(SingleSearch):
     def count(self, flt: Filter | None = None) -> int:
         if self._shard is None:
             return 0
-        request = qe.CountRequest(exact=True, filter=codec.to_filter(flt, _MODELS))
+        request = qe.CountRequest(exact=True, filter=codec.to_filter(flt, edge.MODELS))
         return self._call(self._shard.count, request)
 
     def retrieve(
@@ -299,7 +289,7 @@ class EdgeStore(SingleSearch):
                 query=qe.Query.Nearest(
                     codec.query_vector(self._schema, r.vector_name, r.vector, _sparse), using=r.vector_name
                 ),
-                filter=codec.to_filter(r.filter, _MODELS, r.ids),
+                filter=codec.to_filter(r.filter, edge.MODELS, r.ids),
                 with_payload=_payload_selector(w),
                 with_vector=codec.vector_selector(r.with_vectors),
                 params=self._search_params(r, o),
@@ -339,7 +329,7 @@ class EdgeStore(SingleSearch):
         }
         names = list(queries)
         shard = self._require_shard()
-        condition = codec.to_filter(flt, _MODELS)
+        condition = codec.to_filter(flt, edge.MODELS)
         # First the union, scored on the first vector: one graph search per vector, with the filter
         # (a sparse vector's is an inverted-index search, which has no quantized copies to rank on).
         sparse = self._require_schema().sparse

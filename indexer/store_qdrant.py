@@ -19,17 +19,17 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
-import httpx
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
-from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client.http.exceptions import ResponseHandlingException
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from . import qdrant_config as server
 from . import store_codec as codec
+from .qdrant_config import QdrantOptions, is_transient
 from .store import (
     FieldKind,
     Filter,
@@ -53,62 +53,12 @@ META_KEY = "lookalike"
 REPLICATION_FACTOR = 2
 SHARDS_PER_PEER = 2
 
-_MODELS = codec.FilterModels(
-    Filter=qm.Filter,
-    FieldCondition=qm.FieldCondition,
-    MatchValue=qm.MatchValue,
-    MatchAny=qm.MatchAny,
-    Range=qm.Range,
-    has_id=lambda ids: qm.HasIdCondition(has_id=ids),
-)
-_MAX_SIM = qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM)  # a product's best photo
-_SPARSE = qm.SparseVectorParams(modifier=qm.Modifier.IDF)  # BM25 term weights, IDF applied by the server
-
 
 def _sparse(vector: SparseVector) -> qm.SparseVector:
     return qm.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
-_QUANTIZED = qm.ScalarQuantization(
-    scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=codec.QUANTILE, always_ram=True)
-)
-_RESCORED = qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=True, oversampling=codec.OVERSAMPLING))
-_EXACT = qm.SearchParams(exact=True)
-_CANDIDATES = qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=False))  # as in store_edge
-_INDEX_TYPES: dict[str, qm.PayloadSchemaType] = {
-    "keyword": qm.PayloadSchemaType.KEYWORD,
-    "integer": qm.PayloadSchemaType.INTEGER,
-    "float": qm.PayloadSchemaType.FLOAT,
-    "bool": qm.PayloadSchemaType.BOOL,
-}
-
-# Qdrant's own default: segments with more vector data than this (in KB) get an HNSW graph. A bulk
-# load sets 0 (no graph) until optimize() puts this back.
-_INDEXING_THRESHOLD_KB = 20_000
-
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class QdrantOptions:
-    """How the adapter talks to the server."""
-
-    batch_size: int = 256
-    parallel: int = 4
-    attempts: int = 5
-    backoff_s: float = 0.5
-    backoff_max_s: float = 10.0
-    timeout_s: int = 60
-    optimize_wait_s: float = 600.0
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a failed request is worth repeating: network trouble, overload or a 5xx."""
-    if isinstance(exc, ResponseHandlingException | ResourceExhaustedResponse | httpx.TransportError):
-        return True
-    if isinstance(exc, UnexpectedResponse):
-        return exc.status_code is None or exc.status_code == 429 or exc.status_code >= 500
-    return False
 
 
 class QdrantStore(SingleSearch):
@@ -187,14 +137,14 @@ class QdrantStore(SingleSearch):
                 name: qm.VectorParams(
                     size=size,
                     distance=qm.Distance.COSINE,
-                    on_disk=_on_disk(layout),
-                    multivector_config=_MAX_SIM if name in schema.multi else None,
+                    on_disk=server.on_disk(layout),
+                    multivector_config=server.MAX_SIM if name in schema.multi else None,
                 )
                 for name, size in schema.vectors.items()
             },
-            sparse_vectors_config={name: _SPARSE for name in schema.sparse} or None,
+            sparse_vectors_config={name: server.SPARSE for name in schema.sparse} or None,
             metadata={META_KEY: codec.meta_to_json(schema, {})},
-            quantization_config=_QUANTIZED,
+            quantization_config=server.QUANTIZED,
             **self._layout(),
         )
         self._schema, self._indexes = schema, {}
@@ -210,7 +160,7 @@ class QdrantStore(SingleSearch):
         }
         for name in multi:
             dense = qm.DenseVectorConfig(
-                size=schema.vectors[name], distance=qm.Distance.COSINE, multivector_config=_MAX_SIM
+                size=schema.vectors[name], distance=qm.Distance.COSINE, multivector_config=server.MAX_SIM
             )
             configs[name] = qm.DenseVectorNameConfig(dense=dense)
         for name, config in configs.items():
@@ -275,7 +225,7 @@ class QdrantStore(SingleSearch):
                 self._client.create_payload_index,
                 self.collection,
                 field_name=key,
-                field_schema=_INDEX_TYPES[kind],
+                field_schema=server.INDEX_TYPES[kind],
                 wait=True,
             )
         self._write_meta(schema, {**self._indexes, key: kind})
@@ -351,7 +301,7 @@ class QdrantStore(SingleSearch):
         schema = self._require_schema()
         if self._is_local():
             return
-        if self._set_indexing_threshold(_INDEXING_THRESHOLD_KB):
+        if self._set_indexing_threshold(server.INDEXING_THRESHOLD_KB):
             time.sleep(1.0)  # the server may still answer GREEN before its optimizers start
         deadline = time.monotonic() + self.options.optimize_wait_s
         while True:
@@ -392,7 +342,9 @@ class QdrantStore(SingleSearch):
     def count(self, flt: Filter | None = None) -> int:
         if self.schema() is None:
             return 0
-        result = self._call(self._client.count, self.collection, count_filter=codec.to_filter(flt, _MODELS), exact=True)
+        result = self._call(
+            self._client.count, self.collection, count_filter=codec.to_filter(flt, server.MODELS), exact=True
+        )
         return result.count
 
     def retrieve(
@@ -423,12 +375,12 @@ class QdrantStore(SingleSearch):
                 qm.QueryRequest(
                     query=codec.query_vector(schema, r.vector_name, r.vector, _sparse),
                     using=r.vector_name,
-                    filter=codec.to_filter(r.filter, _MODELS, r.ids),
+                    filter=codec.to_filter(r.filter, server.MODELS, r.ids),
                     limit=r.limit,
                     offset=r.offset,
                     with_payload=codec.payload_wanted(r.keys, named=r.ids is not None),
                     with_vector=codec.vector_selector(r.with_vectors),
-                    params=self._params(_EXACT if r.ids is not None else _RESCORED),
+                    params=self._params(server.EXACT if r.ids is not None else server.RESCORED),
                 )
             )
         results = self._call(self._client.query_batch_points, self.collection, requests=batch)
@@ -444,14 +396,14 @@ class QdrantStore(SingleSearch):
             return {}
         schema = self._require_schema()
         queries = {n: codec.query_vector(schema, n, v, _sparse) for n, v in vectors.items()}
-        condition = codec.to_filter(flt, _MODELS)
+        condition = codec.to_filter(flt, server.MODELS)
         prefetch = [
             qm.Prefetch(
                 query=q,
                 using=n,
                 limit=limit,
                 filter=condition,
-                params=None if n in schema.sparse else self._params(_CANDIDATES),
+                params=None if n in schema.sparse else self._params(server.CANDIDATES),
             )
             for n, q in queries.items()
         ]
@@ -464,7 +416,7 @@ class QdrantStore(SingleSearch):
                 limit=limit * len(names),
                 with_payload=codec.payload_wanted([]) if j == 0 else False,
                 with_vector=False,
-                params=self._params(_EXACT),
+                params=self._params(server.EXACT),
             )
             for j, n in enumerate(names)
         ]
@@ -527,7 +479,3 @@ class QdrantStore(SingleSearch):
         if schema is None:
             raise StoreError(f"{self._where} does not exist yet: call ensure_schema first")
         return schema
-
-
-def _on_disk(layout: StoreLayout | None) -> bool | None:
-    return True if layout is not None and layout.vectors_on_disk else None
