@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import qdrant_edge as qe
 
 from . import edge_config as edge
@@ -308,10 +309,11 @@ class EdgeStore(SingleSearch):
         return [codec.scored_on_vectors(r, f) if o else f for r, f, o in zip(requests, found, own, strict=True)]
 
     def _reads_own_vector(self, r: SearchRequest) -> bool:
-        """A top-k search on disk-held originals that returns the vector it searched: its hits are scored
-        on the vectors returned, not read from disk twice (once to rescore, once to return)."""
+        """A top-k search on disk-held originals that returns the vector it searched, for one query row: its
+        hits are scored on the vectors returned, not read from disk twice (once to rescore, once to return)."""
         asked = r.with_vectors is True or (not isinstance(r.with_vectors, bool) and r.vector_name in r.with_vectors)
-        return self._cold and asked and r.ids is None and r.vector_name not in self._require_schema().sparse
+        dense = r.vector_name not in self._require_schema().sparse and np.ndim(r.vector) == 1
+        return self._cold and asked and r.ids is None and dense
 
     def _search_params(self, r: SearchRequest, own_vector: bool) -> Any:
         if r.ids is not None:
