@@ -269,15 +269,15 @@ class MemoryLimit:
 
 
 def report(size: int, placement: str, r: dict) -> list[str]:
-    limited = (
-        [f"{'':>19} memory cgroup: peak {r['cgroup_peak'] / 1e9:.2f} GB with page cache, limit met {r['limit_hits']}x"]
-        if "cgroup_peak" in r
-        else []
-    )
-    phases = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in r.get("anon_by_phase", {}).items())
-    limited.append(f"{'':>19} peak anonymous memory by phase, GB: {phases}")
+    notes = []
+    if "cgroup_peak" in r:
+        peak, hits = r["cgroup_peak"] / 1e9, r["limit_hits"]
+        notes.append(f"{'':>19} memory cgroup: peak {peak:.2f} GB with page cache, limit met {hits}x")
+    if r.get("anon_by_phase"):
+        phases = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in r["anon_by_phase"].items())
+        notes.append(f"{'':>19} peak anonymous memory by phase, GB: {phases}")
     if "error" in r:
-        return [f"{size:>10,} {placement:<8} failed ({r['error']})", *limited]
+        return [f"{size:>10,} {placement:<8} failed ({r['error']})", *notes]
     lat = r["latency"]
     disk = f"{r['disk'] / 1e9:6.2f}" if r["disk"] is not None else "     -"
     head = (
@@ -285,7 +285,7 @@ def report(size: int, placement: str, r: dict) -> list[str]:
         f"{r['peak_rss'] / 1e9:6.2f} {r['peak_anon'] / 1e9:6.2f} {disk}"
     )
     cells = " ".join(f"{lat[k][0][0]:5.1f}/{lat[k][0][1]:5.1f}" for k in KINDS)
-    return [f"{head}  {cells}  {lat['text'][1][0]:5.1f}/{lat['text'][1][1]:5.1f}  {r['load']:4.1f}", *limited]
+    return [f"{head}  {cells}  {lat['text'][1][0]:5.1f}/{lat['text'][1][1]:5.1f}  {r['load']:4.1f}", *notes]
 
 
 def main() -> None:
