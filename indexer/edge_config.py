@@ -29,6 +29,11 @@ SPARSE = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
 # A product's photos: scored by the photo that matches best.
 MAX_SIM = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
 QUANTIZED = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=codec.QUANTILE, always_ram=True)
+# With the originals on disk, the int8 copies are memory-mapped and pre-loaded (page cache) rather than
+# held on the heap: searches read them from RAM all the same, but the graph build no longer holds them
+# in anonymous memory beside the segment it replaces (the build's peak), and under memory pressure the
+# kernel can drop pages instead of killing the process.
+QUANTIZED_MAPPED = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=codec.QUANTILE, memory=qe.Memory.Cached)
 RESCORED = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=codec.OVERSAMPLING))
 EXACT = qe.SearchParams(exact=True)
 # A union's candidates: every one is then scored again on every vector (see SCANNED_MAX), so ranking
@@ -68,7 +73,7 @@ def shard_config(schema: StoreSchema, layout: StoreLayout | None) -> qe.EdgeConf
             name: qe.EdgeVectorParams(
                 size=size,
                 distance=qe.Distance.Cosine,
-                quantization_config=QUANTIZED,
+                quantization_config=QUANTIZED_MAPPED if vectors_on_disk(layout) else QUANTIZED,
                 memory=memory(layout),
                 multivector_config=MAX_SIM if name in schema.multi else None,
             )
