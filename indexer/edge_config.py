@@ -47,6 +47,11 @@ CANDIDATES = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=Fa
 # rescored on the originals. Only a set this small, which the engine scans point by point
 # below its full-scan threshold: a larger one would be searched on the graph, which misses ids.
 SCANNED_MAX = 1000
+# A filter that matches at most this many points is resolved to their ids once per fused query (see
+# EdgeStore._resolved). Below the engine's full-scan threshold (10,000 KB of vectors: 5,000 512-d
+# originals) a search among known ids scans exactly them; each id costs about 2 us to cross into Python
+# and back, so a larger set would cost more than the walks it saves.
+RESOLVED_MAX = 4000
 # Payload indexes without the engine's per-value graph links ("filterable HNSW"): it would build, for
 # every indexed field, a subgraph over each value's points, nearly one more graph per field. With six
 # fields that tripled the build (100k items: 72 s against 24 s; 1M: 22 minutes, so 2M would miss an

@@ -331,7 +331,7 @@ class EdgeStore(SingleSearch):
         }
         names = list(queries)
         shard = self._require_shard()
-        condition = codec.to_filter(flt, edge.MODELS)
+        condition = self._resolved(codec.to_filter(flt, edge.MODELS))
         # First the union, scored on the first vector: one graph search per vector, with the filter
         # (a sparse vector's is an inverted-index search, which has no quantized copies to rank on).
         sparse = self._require_schema().sparse
@@ -371,6 +371,23 @@ class EdgeStore(SingleSearch):
             results = self._call(shard.query_batch, qe.QueryBatchRequest(rest))
             lists += [[(h.id.int, h.score, None) for h in hits] for hits in results]
         return codec.union_lists(names, lists, self._catalog_ids())
+
+    def _resolved(self, condition: Any) -> Any:
+        """A filter that matches few points, as the ids of those points. Otherwise the engine finds the
+        matches again in each channel's search, walking the shortest posting list among the conditions
+        and checking the others point by point each time: at 1M items 13 ms per search for a colour,
+        pattern and category that 2,500 items share, four times in a 4-channel union."""
+        if condition is None:
+            return None
+        shard = self._require_shard()
+        # The engine's estimate reads only the indexes' value counts: a broad filter costs no scroll.
+        if self._call(shard.count, qe.CountRequest(exact=False, filter=condition)) > edge.RESOLVED_MAX:
+            return condition
+        request = qe.ScrollRequest(limit=edge.RESOLVED_MAX + 1, filter=condition, with_payload=False, with_vector=False)
+        page, _ = self._call(shard.scroll, request)
+        if len(page) > edge.RESOLVED_MAX:
+            return condition
+        return qe.Filter(must=[qe.HasIdCondition({r.id for r in page})])
 
     def _scoring(self, points: int) -> Any:
         """How a known set of ``points`` is scored (see edge_config.SCANNED_MAX)."""

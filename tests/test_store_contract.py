@@ -447,6 +447,50 @@ def test_edge_optimize_builds_hnsw(tmp_path):
         assert [h.score for h in hits] == pytest.approx(sorted(image @ q, reverse=True)[:5], abs=1e-6)
 
 
+def test_edge_union_with_a_selective_filter_finds_what_the_engines_filter_finds(tmp_path, monkeypatch):
+    """A filter matching few points is searched among their ids: the same hits and scores as the
+    engine's own filtered search, which a broad filter (over RESOLVED_MAX points) still gets."""
+    from indexer import edge_config
+
+    rng = np.random.default_rng(1)
+    image = rng.standard_normal((600, 4)).astype(np.float32)
+    text = rng.standard_normal((600, 8)).astype(np.float32)
+    colours = ["red", "blue", "green"]
+    recs = [
+        Record(f"r{i}", {"colour": colours[i % 3], "size": i % 7}, {"image": image[i], "text": text[i]})
+        for i in range(600)
+    ]
+    filters = [
+        Filter(must=(Condition("colour", "eq", "red"), Condition("size", "eq", 3))),  # 29 points
+        Filter(must=(Condition("colour", "eq", "blue"),), must_not=(Condition("size", "in", [0, 1]),)),
+        Filter(must=(Condition("colour", "eq", "mauve"),)),  # none
+    ]
+    with EdgeStore(tmp_path / "s") as s:
+        s.ensure_schema(SCHEMA)
+        s.ensure_payload_index("colour", "keyword")
+        s.ensure_payload_index("size", "integer")
+        s.upsert(recs)
+        s.optimize()
+
+        def unions() -> list[dict[str, list[tuple[str, float]]]]:
+            return [
+                {n: [(h.id, round(h.score, 5)) for h in hits] for n, hits in union.items()}
+                for union in (
+                    s.search_union({"image": image[i], "text": text[i]}, 10, flt) for flt in filters for i in (0, 5)
+                )
+            ]
+
+        conditions = [store_codec.to_filter(flt, edge_config.MODELS) for flt in filters]
+        resolved = unions()
+        assert all(s._resolved(c) is not c for c in conditions)  # each searched among its ids
+        monkeypatch.setattr(edge_config, "RESOLVED_MAX", 20)
+        engine = unions()
+        assert [s._resolved(c) is c for c in conditions] == [True, True, False]  # the empty one is still resolved
+    assert resolved == engine
+    assert all(len(u["image"]) >= 10 for u in resolved[:4]) and resolved[4:] == [{"image": [], "text": []}] * 2
+    assert all(h[0] in {f"r{i}" for i in range(600) if i % 3 == 0 and i % 7 == 3} for h in resolved[0]["image"])
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[2])
