@@ -47,11 +47,17 @@ CANDIDATES = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=Fa
 # rescored on the originals. Only a set this small, which the engine scans point by point
 # below its full-scan threshold: a larger one would be searched on the graph, which misses ids.
 SCANNED_MAX = 1000
-# A filter that matches at most this many points is resolved to their ids once per fused query (see
-# EdgeStore._resolved). Below the engine's full-scan threshold (10,000 KB of vectors: 5,000 512-d
-# originals) a search among known ids scans exactly them; each id costs about 2 us to cross into Python
-# and back, so a larger set would cost more than the walks it saves.
+# A fused query's filter is resolved to the ids it matches once (EdgeStore._resolved) when it matches
+# at most RESOLVED_MAX points, and the shortest posting list among its conditions is RESOLVED_WALK
+# times longer than that: only then do the walks saved outweigh carrying the ids. Measured side by
+# side (benchmarks/scale.py's queries, store p50/p95 ms, originals on disk): filtered queries at 2M
+# items (a category, price, colour and pattern: 2,360 matches in lists of 200k) 38/96 with the engine's
+# filter, 56/65 resolved; at 100k 5.7/6.3 and 4.6/5.2. A colour and pattern at 100k (2,500 matches in
+# lists of 10k) took 6.5 ms at p50 with the engine's filter and 18.5 resolved, so it keeps the engine's.
+# Below the engine's full-scan threshold (10,000 KB of vectors: 5,000 512-d originals) a search among
+# known ids scans exactly them.
 RESOLVED_MAX = 4000
+RESOLVED_WALK = 20
 # Payload indexes without the engine's per-value graph links ("filterable HNSW"): it would build, for
 # every indexed field, a subgraph over each value's points, nearly one more graph per field. With six
 # fields that tripled the build (100k items: 72 s against 24 s; 1M: 22 minutes, so 2M would miss an

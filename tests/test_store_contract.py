@@ -449,8 +449,12 @@ def test_edge_optimize_builds_hnsw(tmp_path):
 
 def test_edge_union_with_a_selective_filter_finds_what_the_engines_filter_finds(tmp_path, monkeypatch):
     """A filter matching few points is searched among their ids: the same hits and scores as the
-    engine's own filtered search, which a broad filter (over RESOLVED_MAX points) still gets."""
+    engine's own filtered search, which a filter matching many (over RESOLVED_MAX), or nearly all of
+    its shortest posting list (under RESOLVED_WALK times fewer), still gets."""
     from indexer import edge_config
+
+    def resolved_to_ids(flt: Filter) -> bool:
+        return isinstance(s._resolved(flt).must[0], type(edge_config.MODELS.has_id([])))
 
     rng = np.random.default_rng(1)
     image = rng.standard_normal((600, 4)).astype(np.float32)
@@ -480,12 +484,15 @@ def test_edge_union_with_a_selective_filter_finds_what_the_engines_filter_finds(
                 )
             ]
 
-        conditions = [store_codec.to_filter(flt, edge_config.MODELS) for flt in filters]
+        # By default the 29 points of the first filter are a third of the 86 of its shortest list.
+        # A value no point has: nothing to walk, nothing to resolve.
+        assert [resolved_to_ids(f) for f in filters] == [False, False, False]
+        monkeypatch.setattr(edge_config, "RESOLVED_WALK", 1)
+        assert [resolved_to_ids(f) for f in filters] == [True, True, False]
         resolved = unions()
-        assert all(s._resolved(c) is not c for c in conditions)  # each searched among its ids
         monkeypatch.setattr(edge_config, "RESOLVED_MAX", 20)
+        assert not any(resolved_to_ids(f) for f in filters)
         engine = unions()
-        assert [s._resolved(c) is c for c in conditions] == [True, True, False]  # the empty one is still resolved
     assert resolved == engine
     assert all(len(u["image"]) >= 10 for u in resolved[:4]) and resolved[4:] == [{"image": [], "text": []}] * 2
     assert all(h[0] in {f"r{i}" for i in range(600) if i % 3 == 0 and i % 7 == 3} for h in resolved[0]["image"])
