@@ -36,9 +36,19 @@ QUANTIZED = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=codec.QUANT
 QUANTIZED_MAPPED = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=codec.QUANTILE, memory=qe.Memory.Cached)
 RESCORED = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=codec.OVERSAMPLING))
 EXACT = qe.SearchParams(exact=True)
+# A filtered graph search. The payload indexes have no graph links of their own (INDEX_TYPES), so a search
+# whose filter matches more points than the engine scans exactly keeps to the graph's matching nodes, and
+# misses the matches it cannot reach from them. On 300k items (recall@10 against exact, one 512-d
+# channel, benchmarks/filter_recall.py): a colour and a pattern (2.5%) 0.21, a category under a price
+# 0.51, a category 0.74. With ACORN (the engine also steps over non-matching neighbours, for a filter of
+# several conditions) and a wider beam: 1.00, 0.99 and 0.91, for 2-4x the time of the graph alone.
+FILTERED_EF = 200
+ACORN = qe.AcornSearchParams(enable=True)
+RESCORED_FILTERED = qe.SearchParams(hnsw_ef=FILTERED_EF, quantization=RESCORED.quantization, acorn=ACORN)
 # A union's candidates: every one is then scored again on every vector (see SCANNED_MAX), so ranking
 # on the int8 vectors alone is enough (a filtered union at 100k items ~7% faster; demo eval unchanged).
 CANDIDATES = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=False))
+CANDIDATES_FILTERED = qe.SearchParams(hnsw_ef=FILTERED_EF, quantization=CANDIDATES.quantization, acorn=ACORN)
 # Scoring a known set of points (a union's candidates, a list of ids) on every vector: exactly when the
 # float32 originals are in RAM. Originals on disk are read with a disk read per vector, which the page
 # cache does not keep (at 500k items a 3-vector union of 300 took 28 ms against 4 ms on the int8
@@ -57,6 +67,13 @@ SCANNED_MAX = 1000
 # Below the engine's full-scan threshold (10,000 KB of vectors: 5,000 512-d originals) a search among
 # known ids scans exactly them.
 RESOLVED_MAX = 4000
+# A search's filter names the combined facet keys (facet_keys.py) only when the shortest key's list is this
+# long at most: then the engine scans those points (below its full-scan threshold for 512-d vectors) and
+# reads them from the key's list instead of walking a facet's. A search on the graph would test the keys
+# at every step instead, and be slower for them (300k items, benchmarks/filter_recall.py: a colour and a
+# pattern, 7,500 matches, 10.5 ms at p50 with them, 5.3 without; a category and a colour, 3,000 matches,
+# 3.3 with them, 6.2 without).
+KEYED_MAX = 5000
 RESOLVED_WALK = 20
 # Payload indexes without the engine's per-value graph links ("filterable HNSW"): it would build, for
 # every indexed field, a subgraph over each value's points, nearly one more graph per field. With six

@@ -12,11 +12,9 @@ and ``lookalike.json``, which records the models, vector sizes and payload index
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -29,6 +27,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from . import edge_config as edge
+from . import edge_filters, edge_meta, facet_keys
 from . import store_codec as codec
 from .bulk import optimize_shard_in_child
 from .store import (
@@ -51,7 +50,7 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
-META_FILE = "lookalike.json"
+META_FILE = edge_meta.META_FILE
 _SHARD_MARKER = "edge_config.json"
 # Writes stop while this much is still free on the store's disk (see EdgeStore._check_free_space).
 MIN_FREE_BYTES = 256 * 2**20
@@ -77,8 +76,11 @@ class EdgeStore(SingleSearch):
         # the map stays exact. Writes hold the lock across the shard update, so a build never misses one.
         self._names: dict[int, str] | None = None
         self._names_lock = threading.Lock()
+        # The facet fields whose combinations every point carries as keys (facet_keys.py); None until
+        # the first write into an empty store decides them, [] for a store filled before them.
+        self._combined: list[str] | None = None
         if self._meta_path.exists():
-            self._schema, self._indexes = self._read_meta()
+            self._read_meta()
         if (self.path / _SHARD_MARKER).exists():
             if self._schema is None:
                 raise StoreError(
@@ -121,6 +123,8 @@ class EdgeStore(SingleSearch):
             self._cold = edge.vectors_on_disk(layout)
             for key, kind in self._indexes.items():
                 self._update(qe.UpdateOperation.create_field_index(key, edge.INDEX_TYPES[kind]))
+            if self._combined:
+                self._index_combined()
             log.info("created store %s with vectors %s, sparse %s", self.path, schema.vectors, sorted(schema.sparse))
         self._add_vectors(schema)
 
@@ -169,6 +173,11 @@ class EdgeStore(SingleSearch):
             return
         self._check_free_space()
         converted = codec.to_points(records, self._require_schema(), _sparse)
+        fields = self._combined_fields(converted)
+        for p in converted:
+            p.payload.pop(facet_keys.KEY, None)
+            if fields:
+                p.payload[facet_keys.KEY] = facet_keys.point_keys(p.payload, fields)
         points = [qe.Point(p.id, p.vectors, p.payload) for p in converted]
         with self._names_lock:
             # Named before they can be found: a search that meets a new point knows what it is.
@@ -179,6 +188,34 @@ class EdgeStore(SingleSearch):
             # nothing the OS already holds; only power loss before the OS writes back can, as with any
             # database that does not fsync each write. Segments are flushed on optimize() and close().
             self._update(qe.UpdateOperation.upsert_points(points))
+
+    def _combined_fields(self, first: Sequence[codec.PointData]) -> list[str]:
+        """The facet fields to combine: chosen from the first points written into an empty store."""
+        if self._combined is None:
+            if self._require_shard().info().points_count:
+                self._combined = []
+            else:
+                keyword = [k for k, kind in self._indexes.items() if kind == "keyword"]
+                self._combined = facet_keys.facet_fields([p.payload for p in first], keyword)
+                if self._combined:
+                    self._index_combined()
+                    log.info("store %s: facet combinations of %s are stored as keys", self.path, self._combined)
+            self._write_meta()  # before the points: none is written without the keys the store expects
+        return self._combined
+
+    def _index_combined(self) -> None:
+        self._update(qe.UpdateOperation.create_field_index(facet_keys.KEY, edge.INDEX_TYPES["keyword"]))
+
+    def _filter(self, flt: Filter | None, ids: Sequence[str] | None = None, searched: bool = True) -> Any:
+        """``flt`` in the engine's terms, with the combined keys of the facets it names where they help."""
+        return codec.to_filter(self._narrowed(flt, searched), edge.MODELS, ids)
+
+    def _narrowed(self, flt: Filter | None, searched: bool = True) -> Filter | None:
+        return edge_filters.narrowed(flt, self._combined or (), self._estimate if searched else None)
+
+    def _estimate(self, condition: Any) -> int:
+        # The engine's estimate reads only the indexes' value counts: no posting list is walked.
+        return self._call(self._require_shard().count, qe.CountRequest(exact=False, filter=condition))
 
     def _check_free_space(self) -> None:
         # The engine maps its files into memory: a write that meets a full disk is not an error it can
@@ -257,7 +294,7 @@ class EdgeStore(SingleSearch):
     def count(self, flt: Filter | None = None) -> int:
         if self._shard is None:
             return 0
-        request = qe.CountRequest(exact=True, filter=codec.to_filter(flt, edge.MODELS))
+        request = qe.CountRequest(exact=True, filter=self._filter(flt, searched=False))
         return self._call(self._shard.count, request)
 
     def retrieve(
@@ -290,7 +327,7 @@ class EdgeStore(SingleSearch):
                 query=qe.Query.Nearest(
                     codec.query_vector(self._schema, r.vector_name, r.vector, _sparse), using=r.vector_name
                 ),
-                filter=codec.to_filter(r.filter, edge.MODELS, r.ids),
+                filter=self._filter(r.filter, r.ids),
                 with_payload=_payload_selector(w),
                 with_vector=codec.vector_selector(r.with_vectors),
                 params=self._search_params(r, o),
@@ -319,6 +356,8 @@ class EdgeStore(SingleSearch):
         if r.ids is not None:
             # Scoring a known set of ids: scanned, or the graph search would walk (and may miss) them.
             return self._scoring(len(r.ids))
+        if r.filter and (r.filter.must or r.filter.must_not):
+            return edge.CANDIDATES_FILTERED if own_vector else edge.RESCORED_FILTERED
         return edge.CANDIDATES if own_vector else edge.RESCORED
 
     def search_union(
@@ -335,8 +374,9 @@ class EdgeStore(SingleSearch):
         # First the union, scored on the first vector: one graph search per vector, with the filter
         # (a sparse vector's is an inverted-index search, which has no quantized copies to rank on).
         sparse = self._require_schema().sparse
+        candidates = edge.CANDIDATES if condition is None else edge.CANDIDATES_FILTERED
         prefetch = [
-            qe.Prefetch(limit=limit, query=q, filter=condition, params=None if n in sparse else edge.CANDIDATES)
+            qe.Prefetch(limit=limit, query=q, filter=condition, params=None if n in sparse else candidates)
             for n, q in queries.items()
         ]
         first = qe.QueryRequest(
@@ -373,31 +413,13 @@ class EdgeStore(SingleSearch):
         return codec.union_lists(names, lists, self._catalog_ids())
 
     def _resolved(self, flt: Filter | None) -> Any:
-        """The binding's filter; for a filter that matches few points out of long posting lists, the
-        ids of those points. The engine finds a filter's matches again in each channel's search by
-        walking the shortest posting list among its conditions, about 0.1 us a point: at 2M items
-        22 ms per search for a category, colour, pattern and price that 2,360 items share, four
-        times in a 4-channel union. Found once, they cost about 2.5 us each to carry as ids."""
-        condition = codec.to_filter(flt, edge.MODELS)
-        if condition is None or not flt or not flt.must:
-            return condition
-        shard = self._require_shard()
+        """The engine's filter for a fused query: for a filter that matches few points out of long
+        posting lists, the ids of those points (edge_filters.resolved)."""
+        return edge_filters.resolved(self._narrowed(flt), self._estimate, self._matching)
 
-        # The engine's estimates read only the indexes' value counts: no posting list is walked.
-        def estimate(f: Any) -> int:
-            return self._call(shard.count, qe.CountRequest(exact=False, filter=f))
-
-        matches = estimate(condition)
-        if matches > edge.RESOLVED_MAX:
-            return condition
-        walk = min(estimate(codec.to_filter(Filter(must=(c,)), edge.MODELS)) for c in flt.must)
-        if walk < edge.RESOLVED_WALK * max(matches, 1):
-            return condition
-        request = qe.ScrollRequest(limit=edge.RESOLVED_MAX + 1, filter=condition, with_payload=False, with_vector=False)
-        page, _ = self._call(shard.scroll, request)
-        if len(page) > edge.RESOLVED_MAX:
-            return condition
-        return qe.Filter(must=[qe.HasIdCondition({r.id for r in page})])
+    def _matching(self, condition: Any, limit: int) -> list[Any]:
+        request = qe.ScrollRequest(limit=limit, filter=condition, with_payload=False, with_vector=False)
+        return [r.id for r in self._call(self._require_shard().scroll, request)[0]]
 
     def _scoring(self, points: int) -> Any:
         """How a known set of ``points`` is scored (see edge_config.SCANNED_MAX)."""
@@ -481,28 +503,15 @@ class EdgeStore(SingleSearch):
             raise StoreError(f"the store at {self.path} is closed")
         return self._shard
 
-    def _read_meta(self) -> tuple[StoreSchema, dict[str, FieldKind]]:
-        try:
-            data = json.loads(self._meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{self._meta_path}: cannot read store metadata: {e}") from e
-        return codec.meta_from_json(data, str(self._meta_path))
+    def _read_meta(self) -> None:
+        self._schema, self._indexes, self._combined = edge_meta.read(self._meta_path)
 
     def _write_meta(self) -> None:
-        data = codec.meta_to_json(self._require_schema(), self._indexes)
-        self.path.mkdir(parents=True, exist_ok=True)
-        # tmp + fsync + replace: a crash leaves the old file or the new one, never half of one
-        fd, tmp = tempfile.mkstemp(prefix=f".{META_FILE}.", dir=self.path)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._meta_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        edge_meta.write(self._meta_path, self._require_schema(), self._indexes, self._combined)
 
 
 def _payload_selector(wanted: bool | list[str]) -> Any:
-    return qe.PayloadSelector.Include(wanted) if isinstance(wanted, list) else wanted
+    if isinstance(wanted, list):
+        return qe.PayloadSelector.Include(wanted)
+    # The combined keys are the store's own: no payload read back carries them.
+    return qe.PayloadSelector.Exclude([facet_keys.KEY]) if wanted else False
