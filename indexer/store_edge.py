@@ -7,7 +7,8 @@ when several processes must read and write the same index at once (only one proc
 may open a path), or when the catalog outgrows one machine's memory and disk.
 
 Layout of PATH: the shard's own files (``wal/``, ``segments/``, ``edge_config.json``)
-and ``lookalike.json``, which records the models, vector sizes and payload indexes.
+and ``lookalike.json``, which records the models, vector sizes, payload indexes and the facet
+fields whose combinations each point carries as keys (facet_keys.py).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ class EdgeStore(SingleSearch):
     def _combined_fields(self, first: Sequence[codec.PointData]) -> list[str]:
         """The facet fields to combine: chosen from the first points written into an empty store."""
         if self._combined is None:
-            if self._require_shard().info().points_count:
+            if self._call(self._require_shard().info).points_count:
                 self._combined = []
             else:
                 keyword = [k for k, kind in self._indexes.items() if kind == "keyword"]
