@@ -85,7 +85,7 @@ def test_a_filter_with_the_keys_matches_the_same_points():
             assert matches(plain, flt) == matches(keyed, narrowed)
         # ... and the keys alone leave little to test: only points with a wildcard match them wrongly.
         keys_only, must_only = Filter(must=added), Filter(must=flt.must)
-        wild = {facet_keys._wildcard(c) for c in itertools.combinations(fields, 2)} | {facet_keys._wildcard(fields)}
+        wild = {facet_keys._wildcard(c) for c in [*itertools.combinations(fields, 2), tuple(fields)]}
         wrong = [k for p, k in points if matches(k, keys_only) and not matches(p, must_only)]
         assert all(wild & set(k[facet_keys.KEY]) for k in wrong)
         wildcards += len(wrong)
@@ -109,7 +109,7 @@ def test_the_widest_combination_is_named_and_every_one_of_that_width():
     assert len(facet_keys.point_keys({"pattern": "a", "category": "b", "colour": "c"}, fields)) == 4
     many = {"pattern": "a", "category": ["b", "c", "d", "e", "f"], "colour": list("ghijk")}
     keys = facet_keys.point_keys(many, fields)
-    assert facet_keys._wildcard(("category", "colour")) in keys and facet_keys._wildcard(fields) in keys
+    assert facet_keys._wildcard(("category", "colour")) in keys and facet_keys._wildcard(tuple(fields)) in keys
     assert len(keys) == 5 + 5 + 1 + 1  # two pairs with pattern in full, the rest as wildcards
 
 
