@@ -27,9 +27,7 @@ def narrowed(flt: Filter | None, combined: Sequence[str], estimate: Estimate | N
     keyed = facet_keys.narrowed(flt, combined)
     if keyed is flt or flt is None or estimate is None:
         return keyed
-    keys = keyed.must[len(flt.must) :]
-    shortest = min(estimate(codec.to_filter(Filter(must=(c,)), edge.MODELS)) for c in keys)
-    return keyed if shortest <= edge.KEYED_MAX else flt
+    return keyed if _shortest(keyed.must[len(flt.must) :], estimate) <= edge.KEYED_MAX else flt
 
 
 def resolved(flt: Filter | None, estimate: Estimate, matching: Callable[[Any, int], list[Any]]) -> Any:
@@ -45,10 +43,14 @@ def resolved(flt: Filter | None, estimate: Estimate, matching: Callable[[Any, in
     matches = estimate(condition)
     if matches > edge.RESOLVED_MAX:
         return condition
-    walk = min(estimate(codec.to_filter(Filter(must=(c,)), edge.MODELS)) for c in flt.must)
-    if walk < edge.RESOLVED_WALK * max(matches, 1):
+    if _shortest(flt.must, estimate) < edge.RESOLVED_WALK * max(matches, 1):
         return condition
     ids = matching(condition, edge.RESOLVED_MAX + 1)
     if len(ids) > edge.RESOLVED_MAX:
         return condition
     return qe.Filter(must=[qe.HasIdCondition(set(ids))])
+
+
+def _shortest(conditions: Sequence[Any], estimate: Estimate) -> int:
+    """The shortest posting list among ``conditions``: the points the engine walks to test the rest."""
+    return min(estimate(codec.to_filter(Filter(must=(c,)), edge.MODELS)) for c in conditions)

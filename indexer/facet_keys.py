@@ -56,8 +56,9 @@ def point_keys(payload: Mapping[str, Any], fields: Sequence[str]) -> list[str]:
 
 
 # Items share their facet values (a catalog of 2M has a few thousand combinations of category, colour,
-# pattern, brand and stock), so the keys of each are made once (making them took ~40 us an item).
-@functools.lru_cache(maxsize=1 << 16)
+# pattern, brand and stock), so the keys of each are made once (making them took ~40 us an item). A
+# combination's entry is a few hundred bytes: 16k of them stay within a few MB.
+@functools.lru_cache(maxsize=1 << 14)
 def _keys_of(fields: tuple[str, ...], held: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
     values = dict(zip(fields, held, strict=True))
     keys: list[str] = []
@@ -93,14 +94,12 @@ def _widest(fields: Sequence[str], named: Mapping[str, list[str]]) -> list[tuple
     present = [name for name in fields if name in named]
     for size in sorted(SIZES, reverse=True):
         if len(present) >= size:
-            combos = [c for c in itertools.combinations(present, size) if _query_keys(c, named) <= MAX_KEYS]
+            combos = [
+                c for c in itertools.combinations(present, size) if math.prod(len(named[n]) for n in c) <= MAX_KEYS
+            ]
             if combos:
                 return combos
     return []
-
-
-def _query_keys(combo: tuple[str, ...], named: Mapping[str, list[str]]) -> int:
-    return math.prod(len(named[name]) for name in combo)
 
 
 def _key_condition(combo: tuple[str, ...], named: Mapping[str, list[str]]) -> Condition:

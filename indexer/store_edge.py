@@ -208,8 +208,9 @@ class EdgeStore(SingleSearch):
         self._update(qe.UpdateOperation.create_field_index(facet_keys.KEY, edge.INDEX_TYPES["keyword"]))
 
     def _filter(self, flt: Filter | None, ids: Sequence[str] | None = None, searched: bool = True) -> Any:
-        """``flt`` in the engine's terms, with the combined keys of the facets it names where they help."""
-        return codec.to_filter(self._narrowed(flt, searched), edge.MODELS, ids)
+        """``flt`` in the engine's terms, with the combined keys of the facets it names where they help
+        (not among known ``ids``: the engine reads those points by id, walking no list)."""
+        return codec.to_filter(flt if ids is not None else self._narrowed(flt, searched), edge.MODELS, ids)
 
     def _narrowed(self, flt: Filter | None, searched: bool = True) -> Filter | None:
         return edge_filters.narrowed(flt, self._combined or (), self._estimate if searched else None)
