@@ -59,7 +59,8 @@ CANDIDATES_FILTERED = qe.SearchParams(hnsw_ef=FILTERED_EF, quantization=CANDIDAT
 SCANNED_MAX = 1000
 # A fused query's filter is resolved to the ids it matches once (EdgeStore._resolved) when it matches
 # at most RESOLVED_MAX points, and the shortest posting list among its conditions is RESOLVED_WALK
-# times longer than that: only then do the walks saved outweigh carrying the ids. Measured side by
+# times longer than that, and longer than KEYED_MAX (a list the engine scans): only then do the walks
+# saved outweigh carrying the ids. Measured side by
 # side (benchmarks/scale.py's queries, store p50/p95 ms, originals on disk): filtered queries at 2M
 # items (a category, price, colour and pattern: 2,360 matches in lists of 200k) 38/96 with the engine's
 # filter, 56/65 resolved; at 100k 5.7/6.3 and 4.6/5.2. A colour and pattern at 100k (2,500 matches in

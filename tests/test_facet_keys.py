@@ -210,3 +210,25 @@ def test_a_search_names_the_keys_only_where_the_engine_scans_what_they_leave(tmp
         q = np.ones(4, dtype=np.float32)
         assert s._search_params(SearchRequest("image", q, 5, filter=flt), False) is edge_config.RESCORED_FILTERED
         assert s._search_params(SearchRequest("image", q, 5), False) is edge_config.RESCORED
+
+
+def test_a_fused_querys_keyed_filter_is_not_resolved_to_ids(tmp_path, monkeypatch):
+    """A combined key's short list is scanned in each channel: nothing to save by finding its points
+    first, though the engine's estimate of the whole filter (its conditions taken as independent) is
+    far below the list. Past edge.KEYED_MAX the filter has no key, and its walk is worth resolving."""
+    from indexer import edge_config
+
+    def resolved_to_ids(flt: Filter) -> bool:
+        return isinstance(s._resolved(flt).must[0], type(edge_config.MODELS.has_id([])))
+
+    recs = records(400)
+    q = np.ones(4, dtype=np.float32)
+    monkeypatch.setattr(edge_config, "RESOLVED_WALK", 1)
+    with fill(tmp_path / "s", recs) as s:
+        engine = {i: s.search_union({"image": q}, 50, flt)["image"] for i, flt in enumerate(FILTERS[:3])}
+        assert not any(resolved_to_ids(f) for f in FILTERS)
+        monkeypatch.setattr(edge_config, "KEYED_MAX", 0)
+        assert [resolved_to_ids(f) for f in FILTERS] == [True, True, True, False]
+        for i, flt in enumerate(FILTERS[:3]):
+            assert [h.id for h in s.search_union({"image": q}, 50, flt)["image"]] == [h.id for h in engine[i]]
+            assert len(engine[i]) == min(50, sum(matches(r.payload, flt) for r in recs))

@@ -450,7 +450,8 @@ def test_edge_optimize_builds_hnsw(tmp_path):
 def test_edge_union_with_a_selective_filter_finds_what_the_engines_filter_finds(tmp_path, monkeypatch):
     """A filter matching few points is searched among their ids: the same hits and scores as the
     engine's own filtered search, which a filter matching many (over RESOLVED_MAX), or nearly all of
-    its shortest posting list (under RESOLVED_WALK times fewer), still gets."""
+    its shortest posting list (under RESOLVED_WALK times fewer), or one whose shortest list the engine
+    scans (KEYED_MAX points at most), still gets."""
     from indexer import edge_config
 
     def resolved_to_ids(flt: Filter) -> bool:
@@ -488,6 +489,8 @@ def test_edge_union_with_a_selective_filter_finds_what_the_engines_filter_finds(
         # A value no point has: nothing to walk, nothing to resolve.
         assert [resolved_to_ids(f) for f in filters] == [False, False, False]
         monkeypatch.setattr(edge_config, "RESOLVED_WALK", 1)
+        assert [resolved_to_ids(f) for f in filters] == [False, False, False]  # lists the engine scans
+        monkeypatch.setattr(edge_config, "KEYED_MAX", 0)
         assert [resolved_to_ids(f) for f in filters] == [True, True, False]
         resolved = unions()
         monkeypatch.setattr(edge_config, "RESOLVED_MAX", 20)
