@@ -4,11 +4,10 @@ combined into keys (facet_keys.py), written so that a crash leaves the old file 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from . import store_codec as codec
+from .files import atomic_write_text
 from .store import FieldKind, StoreError, StoreSchema
 
 META_FILE = "lookalike.json"
@@ -32,15 +31,4 @@ def write(path: Path, schema: StoreSchema, indexes: dict[str, FieldKind], combin
     data = codec.meta_to_json(schema, indexes)
     if combined is not None:
         data[COMBINED] = combined
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # tmp + fsync + replace: a crash leaves the old file or the new one, never half of one
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))

@@ -21,6 +21,7 @@ from typing import Any
 from .catalog import Catalog
 from .encoders import Device, make_encoder
 from .engines import EngineConfig, WorkerSpec
+from .files import atomic_write_text
 from .images import ImagePolicy
 from .lexical import LexicalEncoder
 from .pipeline import IndexOptions, IndexReport, Models, ProgressFn, index_catalog
@@ -81,10 +82,7 @@ class IndexManifest:
             if isinstance(raw["last_run"].get(key), str):
                 raw["last_run"][key] = _portable(raw["last_run"][key], data_dir, always=True)
         path = data_dir / MANIFEST
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(raw, indent=2))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(raw, indent=2))
 
     def tag_vocab(self) -> TagVocab | None:
         if not self.tags:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from indexer import StoreError, VectorStore
+from indexer.files import atomic_write_text
 
 from .calibration import Calibration, background_scores, fit_background
 from .photos import PHOTOS, max_sim_background
@@ -37,9 +37,7 @@ def load_or_fit_calibration(store: VectorStore, data_dir: Path, sample: int) -> 
             log.warning("ignoring unreadable %s: %s", path, exc)
     cal = fit_calibration(store, sample)
     try:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "channels": {k: c.to_dict() for k, c in cal.items()}}))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"key": key, "channels": {k: c.to_dict() for k, c in cal.items()}}))
     except OSError as exc:
         log.warning("cannot cache calibration in %s: %s", path, exc)
     return cal

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from indexer import Catalog, IndexManifest, IndexTarget, Models, Tagger, TagVocab, index_into, read_catalog
+from indexer.files import atomic_write_text
 
 from .engine import SearchEngine
 
@@ -260,11 +260,7 @@ class JobRunner:
 
     def _save(self, job: Job) -> None:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            path = self.dir / f"{job.id}.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(job.to_dict(), indent=2, default=str))
-            os.replace(tmp, path)
+            atomic_write_text(self.dir / f"{job.id}.json", json.dumps(job.to_dict(), indent=2, default=str))
         except OSError as exc:
             # The job itself is fine; only its restart-proof copy is missing.
             log.warning("cannot save job %s in %s: %s", job.id, self.dir, exc)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -21,6 +20,8 @@ from pathlib import Path
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+
+from indexer.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,7 @@ class DailyBudget:
         with self._lock:
             spent = self._load() + int(tokens)
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"day": _today(), "spent": spent}))
-                os.replace(tmp, self.path)
+                atomic_write_text(self.path, json.dumps({"day": _today(), "spent": spent}))
             except OSError as exc:
                 log.warning("cannot save the %s budget in %s: %s", self.what, self.path, exc)
 
