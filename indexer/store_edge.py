@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -28,7 +27,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from . import edge_config as edge
-from . import edge_filters, edge_meta, facet_keys
+from . import edge_filters, edge_meta, facet_keys, files
 from . import store_codec as codec
 from .bulk import optimize_shard_in_child
 from .store import (
@@ -222,11 +221,8 @@ class EdgeStore(SingleSearch):
     def _check_free_space(self) -> None:
         # The engine maps its files into memory: a write that meets a full disk is not an error it can
         # return but a SIGBUS that kills the whole process. So writes stop while there is room left.
-        try:
-            free = shutil.disk_usage(self.path if self.path.exists() else self.path.parent).free
-        except OSError:
-            return  # no way to tell; the write itself will say
-        if free < MIN_FREE_BYTES:
+        free = files.free_bytes(self.path)
+        if free is not None and free < MIN_FREE_BYTES:
             raise StoreError(
                 f"edge store at {self.path}: the disk is nearly full ({free / 2**20:.0f} MiB free; writes stop below "
                 f"{MIN_FREE_BYTES / 2**20:.0f} MiB). Free some space and run the index again: what was stored is kept."
@@ -436,13 +432,16 @@ class EdgeStore(SingleSearch):
     def scroll(self, keys: Iterable[str] | None = None, batch: int = 1024) -> Iterator[Record]:
         if self._shard is None:
             return
-        with_payload = _payload_selector(codec.payload_wanted(keys))
+        for page in self._pages(batch, _payload_selector(codec.payload_wanted(keys))):
+            yield from (codec.to_record(r.payload) for r in page)
+
+    def _pages(self, limit: int, with_payload: Any) -> Iterator[list[Any]]:
+        """Every point, ``limit`` a page, without vectors."""
         offset = None
         while True:
-            request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=with_payload, with_vector=False)
+            request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=with_payload, with_vector=False)
             page, offset = self._call(self._require_shard().scroll, request)
-            for r in page:
-                yield codec.to_record(r.payload)
+            yield page
             if offset is None:
                 return
 
@@ -456,14 +455,8 @@ class EdgeStore(SingleSearch):
             if self._names is None:
                 started = time.perf_counter()
                 built: dict[int, str] = {}
-                selector = qe.PayloadSelector.Include([ID_KEY])
-                offset = None
-                while True:
-                    request = qe.ScrollRequest(offset=offset, limit=10_000, with_payload=selector, with_vector=False)
-                    page, offset = self._call(self._require_shard().scroll, request)
+                for page in self._pages(10_000, qe.PayloadSelector.Include([ID_KEY])):
                     built.update((r.id.int, str(r.payload.get(ID_KEY, ""))) for r in page)
-                    if offset is None:
-                        break
                 self._names = built
                 log.info(
                     "%s: catalog ids of %d points read in %.2fs", self.path, len(built), time.perf_counter() - started
