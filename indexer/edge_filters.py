@@ -38,10 +38,12 @@ def resolved(flt: Filter | None, estimate: Estimate, matching: Callable[[Any, in
     colour, pattern and price that 2,360 items share, four times in a 4-channel union. Found once, they
     cost about 2.5 us each to carry as ids.
 
-    A shortest list of edge.KEYED_MAX points at most (a combined key's, most often) is no walk to save:
-    the engine scans those points in each channel, ~1.4 ms at 1M items, less than finding them once.
-    The engine's estimate of the whole filter would not tell: it takes its conditions as independent,
-    and a key's conditions are not (a key for 2,500 points, a filter estimated at 6)."""
+    A shortest list of edge.KEYED_MAX points at most (a combined key's, most often) is left to the
+    engine, which scans those points in each channel: at 1M items 1.4 ms a channel for a key of 2,500,
+    less than the scroll that finds them once. The engine's estimate of the whole filter would not tell:
+    it takes its conditions as independent, and a key's are not (a key for 2,500 points, a filter
+    estimated at 6). At 2M, on disk, a key of 5,000 cost ~17 ms a channel, and filters of fewer than
+    RESOLVED_MAX matches were faster resolved (README, row 7 of the cost table)."""
     condition = codec.to_filter(flt, edge.MODELS)
     if condition is None or not flt or not flt.must:
         return condition

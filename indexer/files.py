@@ -1,4 +1,4 @@
-"""Files written whole or not at all."""
+"""Files on disk: written whole or not at all, and the room left for them."""
 
 from __future__ import annotations
 
