@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from test_store_contract import resolved_to_ids
 
 from indexer import facet_keys
 from indexer.store import Condition, Filter, Record, StoreSchema
@@ -218,17 +219,14 @@ def test_a_fused_querys_keyed_filter_is_not_resolved_to_ids(tmp_path, monkeypatc
     far below the list. Past edge.KEYED_MAX the filter has no key, and its walk is worth resolving."""
     from indexer import edge_config
 
-    def resolved_to_ids(flt: Filter) -> bool:
-        return isinstance(s._resolved(flt).must[0], type(edge_config.MODELS.has_id([])))
-
     recs = records(400)
     q = np.ones(4, dtype=np.float32)
     monkeypatch.setattr(edge_config, "RESOLVED_WALK", 1)
     with fill(tmp_path / "s", recs) as s:
         engine = {i: s.search_union({"image": q}, 50, flt)["image"] for i, flt in enumerate(FILTERS[:3])}
-        assert not any(resolved_to_ids(f) for f in FILTERS)
+        assert not any(resolved_to_ids(s, f) for f in FILTERS)
         monkeypatch.setattr(edge_config, "KEYED_MAX", 0)
-        assert [resolved_to_ids(f) for f in FILTERS] == [True, True, True, False]
+        assert [resolved_to_ids(s, f) for f in FILTERS] == [True, True, True, False]
         for i, flt in enumerate(FILTERS[:3]):
             assert [h.id for h in s.search_union({"image": q}, 50, flt)["image"]] == [h.id for h in engine[i]]
             assert len(engine[i]) == min(50, sum(matches(r.payload, flt) for r in recs))

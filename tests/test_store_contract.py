@@ -447,15 +447,19 @@ def test_edge_optimize_builds_hnsw(tmp_path):
         assert [h.score for h in hits] == pytest.approx(sorted(image @ q, reverse=True)[:5], abs=1e-6)
 
 
+def resolved_to_ids(store: EdgeStore, flt: Filter) -> bool:
+    """Whether a fused query on ``store`` searches among the ids ``flt`` matches (edge_filters.resolved)."""
+    from indexer import edge_config
+
+    return isinstance(store._resolved(flt).must[0], type(edge_config.MODELS.has_id([])))
+
+
 def test_edge_union_with_a_selective_filter_finds_what_the_engines_filter_finds(tmp_path, monkeypatch):
     """A filter matching few points is searched among their ids: the same hits and scores as the
     engine's own filtered search, which a filter matching many (over RESOLVED_MAX), or nearly all of
     its shortest posting list (under RESOLVED_WALK times fewer), or one whose shortest list the engine
     scans (KEYED_MAX points at most), still gets."""
     from indexer import edge_config
-
-    def resolved_to_ids(flt: Filter) -> bool:
-        return isinstance(s._resolved(flt).must[0], type(edge_config.MODELS.has_id([])))
 
     rng = np.random.default_rng(1)
     image = rng.standard_normal((600, 4)).astype(np.float32)
@@ -487,14 +491,14 @@ def test_edge_union_with_a_selective_filter_finds_what_the_engines_filter_finds(
 
         # By default the 29 points of the first filter are a third of the 86 of its shortest list.
         # A value no point has: nothing to walk, nothing to resolve.
-        assert [resolved_to_ids(f) for f in filters] == [False, False, False]
+        assert [resolved_to_ids(s, f) for f in filters] == [False, False, False]
         monkeypatch.setattr(edge_config, "RESOLVED_WALK", 1)
-        assert [resolved_to_ids(f) for f in filters] == [False, False, False]  # lists the engine scans
+        assert [resolved_to_ids(s, f) for f in filters] == [False, False, False]  # lists the engine scans
         monkeypatch.setattr(edge_config, "KEYED_MAX", 0)
-        assert [resolved_to_ids(f) for f in filters] == [True, True, False]
+        assert [resolved_to_ids(s, f) for f in filters] == [True, True, False]
         resolved = unions()
         monkeypatch.setattr(edge_config, "RESOLVED_MAX", 20)
-        assert not any(resolved_to_ids(f) for f in filters)
+        assert not any(resolved_to_ids(s, f) for f in filters)
         engine = unions()
     assert resolved == engine
     assert all(len(u["image"]) >= 10 for u in resolved[:4]) and resolved[4:] == [{"image": [], "text": []}] * 2
