@@ -6,7 +6,7 @@ searched on one dense channel with queries near 20 catalog items, four ways, sid
 - ``graph``: the engine's filtered graph search as it is (the int8 copies, rescored);
 - ``filtered``: as the store searches a filter (edge_config.RESCORED_FILTERED: ACORN and a wider beam);
 - each again without the combined facet keys (facet_keys.py) in the filter, to show what they save.
-A filter that matches fewer points than the engine's full-scan threshold (5,000 512-d vectors) is
+A filter that matches fewer points than the engine's full-scan threshold (store_codec.FULL_SCAN_POINTS: 10,000) is
 scanned exactly either way; a larger one is searched on the graph.
 
     python benchmarks/filter_recall.py [--items 300000] [--store DIR] [--vector image]

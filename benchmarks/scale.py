@@ -90,7 +90,7 @@ def vectors(start: int, m: int, rng: np.random.Generator, centroids: dict, weigh
         if weight:
             cat, col = centroids[name]
             x = (1 - weight) * x + weight * (cat[idx % len(cat)] + col[idx // 10 % len(col)]) / np.sqrt(2)
-        out[name] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[name] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # as encoders give them
     return out
 
 

@@ -23,7 +23,7 @@ MODELS = codec.FilterModels(
 )
 # Sparse vectors are BM25 term weights: the engine multiplies them by each term's inverse document
 # frequency at query time, so a store's IDF follows its items with no refit.
-SPARSE = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
+SPARSE = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf, full_scan_threshold=codec.FULL_SCAN_POINTS)
 
 
 # A product's photos: scored by the photo that matches best.
@@ -65,8 +65,7 @@ SCANNED_MAX = 1000
 # items (a category, price, colour and pattern: 2,360 matches in lists of 200k) 38/96 with the engine's
 # filter, 56/65 resolved; at 100k 5.7/6.3 and 4.6/5.2. A colour and pattern at 100k (2,500 matches in
 # lists of 10k) took 6.5 ms at p50 with the engine's filter and 18.5 resolved, so it keeps the engine's.
-# Below the engine's full-scan threshold (10,000 KB of vectors: 5,000 512-d originals) a search among
-# known ids scans exactly them.
+# Below the engine's full-scan threshold (codec.FULL_SCAN_POINTS) a search among known ids scans exactly them.
 RESOLVED_MAX = 4000
 # A search's filter names the combined facet keys (facet_keys.py) only when the shortest key's list is this
 # long at most: then the engine scans those points (below its full-scan threshold for 512-d vectors) and
@@ -93,6 +92,12 @@ INDEX_TYPES: dict[str, Any] = {
 # force serves best anyway. The engine never optimizes on its own, so upserts stay cheap:
 # callers decide when a load is big enough to be worth optimize().
 INDEXING_THRESHOLD_KB = 1
+# The engine's graph parameters (its defaults), and its full-scan threshold for each vector's size.
+HNSW_M, EF_CONSTRUCT = 16, 100
+
+
+def hnsw(size: int) -> qe.HnswIndexConfig:
+    return qe.HnswIndexConfig(m=HNSW_M, ef_construct=EF_CONSTRUCT, full_scan_threshold=codec.full_scan_kb(size))
 
 
 def shard_config(schema: StoreSchema, layout: StoreLayout | None) -> qe.EdgeConfig:
@@ -105,10 +110,13 @@ def shard_config(schema: StoreSchema, layout: StoreLayout | None) -> qe.EdgeConf
                 quantization_config=QUANTIZED_MAPPED if vectors_on_disk(layout) else QUANTIZED,
                 memory=memory(layout),
                 multivector_config=MAX_SIM if name in schema.multi else None,
+                hnsw_config=hnsw(size),
             )
             for name, size in schema.vectors.items()
         },
         sparse_vectors={name: SPARSE for name in schema.sparse} or None,
+        # for vectors added later (create_dense_vector takes no graph parameters): the widest's threshold
+        hnsw_config=hnsw(max(schema.vectors.values(), default=1)),
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB),
     )
 

@@ -22,7 +22,17 @@ MODELS = codec.FilterModels(
     has_id=lambda ids: qm.HasIdCondition(has_id=ids),
 )
 MAX_SIM = qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM)  # a product's best photo
-SPARSE = qm.SparseVectorParams(modifier=qm.Modifier.IDF)  # BM25 term weights, IDF applied by the server
+# BM25 term weights, IDF applied by the server; filters scanned below the same threshold as the embedded engine's
+SPARSE = qm.SparseVectorParams(
+    modifier=qm.Modifier.IDF, index=qm.SparseIndexParams(full_scan_threshold=codec.FULL_SCAN_POINTS)
+)
+
+
+def hnsw(size: int) -> qm.HnswConfigDiff:
+    """A vector's graph: the server's defaults, with the full-scan threshold of store_codec.FULL_SCAN_POINTS."""
+    return qm.HnswConfigDiff(full_scan_threshold=codec.full_scan_kb(size))
+
+
 QUANTIZED = qm.ScalarQuantization(
     scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=codec.QUANTILE, always_ram=True)
 )

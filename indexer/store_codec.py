@@ -46,6 +46,18 @@ META_FORMAT = 1
 # 1.2-1.4 ms instead of 2.7-3.0 ms and the HNSW build half the time, for a quarter more vector memory.
 QUANTILE = 0.99
 OVERSAMPLING = 2.0
+# A filtered search scans the filter's matches one by one, instead of searching the graph (dense) or the
+# inverted index (sparse) and testing the filter at each step, when the engine expects fewer than this
+# many. Qdrant's default (10,000 KB of vectors: 5,000 512-d ones; 5,000 sparse) sits where the combined
+# facet keys of a 2M catalog fall (a category, colour and pattern: ~5,000 items, 0.25%), and so rare a
+# filter costs the graph and the inverted index far more than the scan (300k items, a key of 750,
+# scale.py's text query: 6.6 ms scanned, 23 ms with the graph and the index).
+FULL_SCAN_POINTS = 10_000
+
+
+def full_scan_kb(size: int) -> int:
+    """The engine's full-scan threshold (in KB of float32 vectors) that is FULL_SCAN_POINTS ``size``-d vectors."""
+    return -(-FULL_SCAN_POINTS * size * 4 // 1024)
 
 
 # -- schema -------------------------------------------------------------------------------------

@@ -139,12 +139,14 @@ class QdrantStore(SingleSearch):
                     distance=qm.Distance.COSINE,
                     on_disk=server.on_disk(layout),
                     multivector_config=server.MAX_SIM if name in schema.multi else None,
+                    hnsw_config=server.hnsw(size),
                 )
                 for name, size in schema.vectors.items()
             },
             sparse_vectors_config={name: server.SPARSE for name in schema.sparse} or None,
             metadata={META_KEY: codec.meta_to_json(schema, {})},
             quantization_config=server.QUANTIZED,
+            hnsw_config=server.hnsw(max(schema.vectors.values(), default=1)),  # for vectors added later
             **self._layout(),
         )
         self._schema, self._indexes = schema, {}

@@ -10,8 +10,19 @@ import pytest
 from conftest import make_catalog
 from typer.testing import CliRunner
 
-from indexer import ImagePolicy, IndexOptions, StoreError, StoreLayout, StoreSchema, bulk, index_catalog, read_catalog
+from indexer import (
+    ImagePolicy,
+    IndexOptions,
+    StoreError,
+    StoreLayout,
+    StoreSchema,
+    bulk,
+    index_catalog,
+    read_catalog,
+    store_codec,
+)
 from indexer.store import Record, SearchRequest
+from indexer.store_codec import FULL_SCAN_POINTS
 from indexer.store_edge import EdgeStore
 
 SCHEMA = StoreSchema({"image": 4, "text": 8}, {"image": "m", "text": "m"})
@@ -47,6 +58,21 @@ def test_edge_bulk_load_searches_exactly_then_builds_once_with_progress(tmp_path
         assert [h.id for h in store.search("image", image[7], 5)] == top(image, image[7], 5)
         store.upsert([Record("late", {}, {"image": image[0]})])  # the store is open again, and writable
         assert store.count() == 301
+
+
+def test_a_filter_too_rare_for_the_graph_is_scanned(tmp_path):
+    """The engine scans a filter's matches, rather than search its graph or inverted index for them,
+    below FULL_SCAN_POINTS of them, whatever a vector's size: its default stops at 5,000 512-d vectors,
+    where a 2M catalog's combined facet keys fall."""
+    schema = StoreSchema({"image": 4, "text": 8}, {"image": "m", "text": "m"}, sparse={"lexical": "bm25"})
+    with EdgeStore(tmp_path / "s") as store:
+        store.ensure_schema(schema)
+    config = json.loads((tmp_path / "s" / "edge_config.json").read_text())
+    for name, size in schema.vectors.items():
+        kb = config["vectors"][name]["hnsw_config"]["full_scan_threshold"]
+        assert kb == store_codec.full_scan_kb(size) and FULL_SCAN_POINTS <= kb * 1024 // (4 * size) < 10_100
+    assert config["hnsw_config"]["full_scan_threshold"] == store_codec.full_scan_kb(8)  # vectors added later
+    assert config["sparse_vectors"]["lexical"]["full_scan_threshold"] == FULL_SCAN_POINTS
 
 
 def built_store(path, records: list[Record], on_disk: bool) -> EdgeStore:

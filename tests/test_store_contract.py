@@ -640,7 +640,10 @@ def test_cluster_collection_layout(fake_qdrant):
     QdrantStore(fake_qdrant, options=FAST).ensure_schema(SCHEMA)
     body = next(b for m, p, b in FakeQdrant.seen if m == "PUT")
     assert body["shard_number"] == 6 and body["replication_factor"] == 2
-    assert body["vectors"]["text"] == {"size": 8, "distance": "Cosine"}
+    # A filter too rare for the graph is scanned: the threshold of store_codec.FULL_SCAN_POINTS vectors.
+    scan = {"full_scan_threshold": store_codec.full_scan_kb(8)}
+    assert body["vectors"]["text"] == {"size": 8, "distance": "Cosine", "hnsw_config": scan}
+    assert body["hnsw_config"] == scan
     assert body["quantization_config"] == {"scalar": {"type": "int8", "quantile": 0.99, "always_ram": True}}
     assert body["metadata"]["lookalike"]["models"] == SCHEMA.models
 
@@ -655,7 +658,7 @@ def test_cluster_collection_with_vectors_on_disk(fake_qdrant):
     )
     QdrantStore(fake_qdrant, options=FAST).ensure_schema(SCHEMA, StoreLayout(vectors_on_disk=True))
     body = next(b for m, p, b in FakeQdrant.seen if m == "PUT")
-    assert body["vectors"]["text"] == {"size": 8, "distance": "Cosine", "on_disk": True}
+    assert body["vectors"]["text"]["on_disk"] is True
     assert body["quantization_config"]["scalar"]["always_ram"] is True  # the int8 copies stay in RAM
 
 
