@@ -15,7 +15,8 @@ import qdrant_edge as qe
 from . import edge_config as edge
 from . import facet_keys
 from . import store_codec as codec
-from .store import Filter
+from .facet_keys import FacetKey
+from .store import Condition, Filter
 
 Estimate = Callable[[Any], int]
 
@@ -44,7 +45,7 @@ def resolved(flt: Filter | None, estimate: Estimate, matching: Callable[[Any, in
     it takes its conditions as independent, and a key's are not (a key for 2,500 points, a filter
     estimated at 6). At 2M, on disk, a key of 5,000 cost ~17 ms a channel, and filters of fewer than
     RESOLVED_MAX matches were faster resolved (README, row 7 of the cost table)."""
-    condition = codec.to_filter(flt, edge.MODELS)
+    condition = engine_filter(flt, estimate)
     if condition is None or not flt or not flt.must:
         return condition
     matches = estimate(condition)
@@ -62,3 +63,31 @@ def resolved(flt: Filter | None, estimate: Estimate, matching: Callable[[Any, in
 def _shortest(conditions: Sequence[Any], estimate: Estimate) -> int:
     """The shortest posting list among ``conditions``: the points the engine walks to test the rest."""
     return min(estimate(codec.to_filter(Filter(must=(c,)), edge.MODELS)) for c in conditions)
+
+
+def engine_filter(flt: Filter | None, estimate: Estimate) -> Any:
+    """``flt`` as the engine's filter, each combined key in it standing for the conditions it covers.
+
+    The engine tests every point it reads against every condition of a filter: at 2M items a search among
+    a key's 5,000 points took 3.6 ms with its category, colour and pattern tested again on each point,
+    0.55 ms with the key alone. So a point holding one of the key's exact keys is not tested on them; one
+    holding its wildcard is, and where no point holds the wildcard (its estimate, a count kept by the
+    index, is 0) that test is left out as well (1.5 ms with it)."""
+    keys = [c for c in flt.must if isinstance(c, FacetKey)] if flt else []
+    if not flt or not keys:
+        return codec.to_filter(flt, edge.MODELS)
+    covered = {id(c) for key in keys for c in key.covers}
+    rest = [
+        codec.to_condition(edge.MODELS, c) for c in flt.must if id(c) not in covered and not isinstance(c, FacetKey)
+    ]
+    must_not = [codec.to_condition(edge.MODELS, c) for c in flt.must_not]
+    return qe.Filter(must=rest + [_standing_in(key, estimate) for key in keys], must_not=must_not or None)
+
+
+def _standing_in(key: FacetKey, estimate: Estimate) -> Any:
+    exact = codec.to_condition(edge.MODELS, Condition(key.key, "in", key.exact))
+    wildcard = codec.to_condition(edge.MODELS, Condition(key.key, "eq", key.wildcard))
+    if estimate(qe.Filter(must=[wildcard])) == 0:
+        return exact
+    tested = [wildcard, *(codec.to_condition(edge.MODELS, c) for c in key.covers)]
+    return qe.Filter(should=[qe.Filter(must=[exact]), qe.Filter(must=tested)])

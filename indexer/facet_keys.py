@@ -7,10 +7,9 @@ and ~20 ms for every channel of a search. Stored with each point, a key for each
 facet values has a posting list as long as the combination's matches, so a filter that also names the
 key (:func:`narrowed`) is found from that list instead.
 
-Keys are short hashes of the field names and values. The conditions they stand for are kept in the
-filter, so a hash that two combinations share costs a longer walk, never a wrong match. A point with
-many values in its facets (a list of colours) gets a wildcard key instead of a key for every
-combination, and a filter's key also matches the wildcard: the point is then tested as before.
+Keys are 64-bit hashes of the field names and values. A point with many values in its facets (a list
+of colours) gets a wildcard key instead of a key for every combination, and a filter's key also matches
+the wildcard: the point is then tested on the conditions the key stands for (:class:`FacetKey`).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .store import Condition, Filter
@@ -36,6 +36,22 @@ MAX_FIELDS = 6
 MAX_KEYS = 16
 # A field with at least this many values in a store's first batch is an identifier (a SKU), not a facet.
 MAX_DISTINCT = 100
+
+
+@dataclass(frozen=True)
+class FacetKey(Condition):
+    """A condition on one combination's keys (its exact keys, then its wildcard), standing for ``covers``:
+    the filter's conditions on the combination's facets, which a point holding an exact key meets."""
+
+    covers: tuple[Condition, ...] = ()
+
+    @property
+    def exact(self) -> list[str]:
+        return list(self.value[:-1])
+
+    @property
+    def wildcard(self) -> str:
+        return str(self.value[-1])
 
 
 def facet_fields(sample: Sequence[Mapping[str, Any]], keyword_fields: Sequence[str]) -> list[str]:
@@ -79,12 +95,12 @@ def narrowed(flt: Filter | None, fields: Sequence[str]) -> Filter | None:
     of ``fields``; the same matches, found from shorter posting lists."""
     if flt is None or not fields:
         return flt
-    named: dict[str, list[str]] = {}
+    named: dict[str, tuple[Condition, list[str]]] = {}
     for cond in flt.must:
         values = _condition_values(cond)
         if cond.key in fields and values and cond.key not in named:
-            named[cond.key] = values
-    combos = _widest(fields, named)
+            named[cond.key] = (cond, values)
+    combos = _widest(fields, {name: values for name, (_, values) in named.items()})
     extra = tuple(_key_condition(combo, named) for combo in combos)
     return Filter(must=(*flt.must, *extra), must_not=flt.must_not) if extra else flt
 
@@ -102,9 +118,9 @@ def _widest(fields: Sequence[str], named: Mapping[str, list[str]]) -> list[tuple
     return []
 
 
-def _key_condition(combo: tuple[str, ...], named: Mapping[str, list[str]]) -> Condition:
-    keys = [_key(combo, chosen) for chosen in itertools.product(*(named[name] for name in combo))]
-    return Condition(KEY, "in", [*keys, _wildcard(combo)])
+def _key_condition(combo: tuple[str, ...], named: Mapping[str, tuple[Condition, list[str]]]) -> FacetKey:
+    keys = [_key(combo, chosen) for chosen in itertools.product(*(named[name][1] for name in combo))]
+    return FacetKey(KEY, "in", [*keys, _wildcard(combo)], covers=tuple(named[name][0] for name in combo))
 
 
 def _condition_values(cond: Condition) -> list[str]:

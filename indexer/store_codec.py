@@ -339,7 +339,8 @@ def _number_eq(m: FilterModels, key: str, value: Any) -> Any:
     return m.FieldCondition(key=key, range=m.Range(gte=float(value), lte=float(value)))
 
 
-def _condition(m: FilterModels, cond: Any) -> Any:
+def to_condition(m: FilterModels, cond: Any) -> Any:
+    """One lookalike :class:`Condition` as the binding's condition."""
     key, op, value = cond.key, cond.op, _plain(cond.value)
     if key == ID_KEY and op in ("eq", "in"):
         # The catalog id is the point id (hashed): matched on the id itself, no payload read.
@@ -379,8 +380,8 @@ def _condition(m: FilterModels, cond: Any) -> Any:
 def to_filter(flt: Filter | None, m: FilterModels, ids: Sequence[str] | None = None) -> Any:
     """A lookalike :class:`Filter` (and, if given, a restriction to the items ``ids``) as the
     binding's filter, or None when there is no condition."""
-    must = [_condition(m, c) for c in flt.must] if flt else []
-    must_not = [_condition(m, c) for c in flt.must_not] if flt else []
+    must = [to_condition(m, c) for c in flt.must] if flt else []
+    must_not = [to_condition(m, c) for c in flt.must_not] if flt else []
     if ids is not None:
         must.append(m.has_id([point_id(i) for i in ids]))
     if not (must or must_not):

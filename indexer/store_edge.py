@@ -209,7 +209,9 @@ class EdgeStore(SingleSearch):
     def _filter(self, flt: Filter | None, ids: Sequence[str] | None = None, searched: bool = True) -> Any:
         """``flt`` in the engine's terms, with the combined keys of the facets it names where they help
         (not among known ``ids``: the engine reads those points by id, walking no list)."""
-        return codec.to_filter(flt if ids is not None else self._narrowed(flt, searched), edge.MODELS, ids)
+        if ids is not None:
+            return codec.to_filter(flt, edge.MODELS, ids)
+        return edge_filters.engine_filter(self._narrowed(flt, searched), self._estimate)
 
     def _narrowed(self, flt: Filter | None, searched: bool = True) -> Filter | None:
         return edge_filters.narrowed(flt, self._combined or (), self._estimate if searched else None)

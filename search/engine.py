@@ -178,8 +178,8 @@ class SearchEngine:
         elif query.kind == "image":
             hits = self._fused(query, "image", {"image": reference["image"], "text": reference["image"]}, flt)
         else:
-            text_vec = photo_query = self.texts.clip(query.text)
-            semantic = self.texts.semantic(query.text)
+            text_vec, semantic = self.texts.both(query.text)
+            photo_query = text_vec
             vectors = {"image": text_vec, "text": text_vec, "semantic": semantic}
             if (sparse := self.lexical.query_vector(query.text)) is not None:
                 vectors[LEXICAL] = sparse

@@ -8,6 +8,7 @@ store search. The vectors are read-only once cached, so callers can share them b
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -18,6 +19,8 @@ from indexer import Models
 
 LOOKUPS = Counter("lookalike_query_cache_lookups", "Query texts encoded or looked up, by text tower.", ["tower"])
 MISSES = Counter("lookalike_query_cache_misses", "Query texts not in the cache, encoded, by text tower.", ["tower"])
+# The semantic tower's encodes, beside the CLIP tower's in the caller's thread (TextVectors.both).
+_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="semantic")
 
 
 class TextVectors:
@@ -28,6 +31,12 @@ class TextVectors:
     def __init__(self, models: Models, size: int) -> None:
         self.clip = _cached(models.clip.encode_texts, size, "clip")
         self.semantic = _cached(models.text.encode_texts, size, "semantic")
+
+    def both(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The CLIP and semantic vectors of ``text``, the two towers encoding side by side: torch lets go
+        of the GIL while it computes, so a query waits for the slower tower rather than for both in turn."""
+        semantic = _pool.submit(self.semantic, text)
+        return self.clip(text), semantic.result()
 
 
 def _cached(encode: Callable[[list[str]], Any], size: int, tower: str) -> Callable[[str], np.ndarray]:

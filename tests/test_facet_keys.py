@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 from test_store_contract import resolved_to_ids
 
 from indexer import facet_keys
@@ -62,6 +63,14 @@ FILTERS = [
     ),
     Filter(must=(Condition("category", "eq", "bag"), Condition("colour", "eq", "mauve"))),
 ]
+
+
+def condition_keys(condition) -> list[str]:
+    """The payload keys an engine filter tests, nested filters included."""
+    if isinstance(condition, qe.Filter):
+        parts = [*(condition.must or []), *(condition.should or []), *(condition.must_not or [])]
+        return [key for c in parts for key in condition_keys(c)]
+    return [getattr(condition, "key", "")]
 
 
 def test_facet_fields_are_the_few_valued_keyword_fields_fewest_first():
@@ -198,7 +207,7 @@ def test_a_search_names_the_keys_only_where_the_engine_scans_what_they_leave(tmp
     from indexer.store import SearchRequest
 
     def keyed(condition) -> bool:
-        return any(getattr(c, "key", None) == facet_keys.KEY for c in condition.must)
+        return facet_keys.KEY in condition_keys(condition)
 
     recs = records(400)
     flt = FILTERS[1]
@@ -230,3 +239,31 @@ def test_a_fused_querys_keyed_filter_is_not_resolved_to_ids(tmp_path, monkeypatc
         for i, flt in enumerate(FILTERS[:3]):
             assert [h.id for h in s.search_union({"image": q}, 50, flt)["image"]] == [h.id for h in engine[i]]
             assert len(engine[i]) == min(50, sum(matches(r.payload, flt) for r in recs))
+
+
+def test_a_key_stands_for_the_conditions_on_its_facets(tmp_path):
+    """A point holding one of a filter's exact keys is not tested again on the facets the key covers;
+    one holding the key's wildcard is. Where no point holds the wildcard, the key alone is the filter
+    on its facets. Either way the store finds what it finds without keys."""
+    recs = records(400)
+    single = [
+        Record(r.id, {k: v[0] if isinstance(v, list) else v for k, v in r.payload.items()}, r.vectors) for r in recs
+    ]
+    flt = FILTERS[1]  # a category, two colours and a pattern: one triple of facets
+    q = np.ones(4, dtype=np.float32)
+    with (
+        fill(tmp_path / "wild", recs) as wild,
+        fill(tmp_path / "single", single) as one,
+        fill(tmp_path / "plain", single, facets=False) as plain,
+    ):
+        tested = wild._filter(flt)
+        assert all(isinstance(c, qe.Filter) for c in tested.must)  # no facet tested outside the wildcard's branch
+        assert sorted(set(condition_keys(tested))) == sorted([facet_keys.KEY, "category", "colour", "pattern"])
+        assert condition_keys(one._filter(flt)) == [facet_keys.KEY]
+        assert condition_keys(one._filter(FILTERS[2])) == [facet_keys.KEY, "category"]  # the must_not stays
+        for f in FILTERS:
+            expected = sum(matches(r.payload, f) for r in single)
+            assert one.count(f) == plain.count(f) == expected
+            found = one.search_union({"image": q}, 50, f)["image"]
+            assert [h.id for h in found] == [h.id for h in plain.search_union({"image": q}, 50, f)["image"]]
+            assert all(matches(r.payload, f) for r in one.retrieve([h.id for h in found]))
